@@ -1,0 +1,249 @@
+"""ConnectionActor: one websocket to Bybit; a reader thread receives, stamps and tells the parser.
+
+The actor thread owns control: connect, subscribe (at most 10 args a request, each with a req_id), JSON
+ping every ``ping_interval_s``, resubscribe a topic on request, reconnect with capped exponential backoff
+and jitter, and on stop a graceful close that still reads (and forwards) every frame the server sent
+before its close frame. The reader thread never parses and never logs per frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+import websocket
+
+from messages.control import Begin, ReaderExited, Reconnect, Resubscribe, ServerReply, Tick
+from messages.frames import RawFrames, SessionEnded, SessionStarted
+from recorder.backoff import Backoff
+from recorder.config import RecorderConfig
+from recorder.protocol import ping_request, subscribe_requests
+
+log = logging.getLogger("actors.connection")
+
+_DATA_OPCODES = (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY)
+
+
+class ConnectionActor(pykka.ThreadingActor):
+    """Owns the websocket of one shard. Messages: Begin, Tick, Resubscribe, Reconnect, ServerReply."""
+
+    def __init__(self, cfg: RecorderConfig, shard_id: int, topics: tuple[str, ...],
+                 on_fatal: Callable[[str], None]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.shard_id = shard_id
+        self.topics = topics
+        self.on_fatal = on_fatal
+        self.parser: pykka.ActorRef[Any] | None = None
+        self.ws: websocket.WebSocket | None = None
+        self.reader: threading.Thread | None = None
+        self.session_id = 0
+        self.backoff = Backoff(cfg.reconnect_delay, cfg.reconnect_delay_max_s)
+        self.failures = 0
+        self.stopping = False
+        self.next_ping_ns = 0
+        self.timer: threading.Timer | None = None
+        self.stats: dict[str, int] = {"sessions": 0, "connect_failures": 0, "pings": 0, "pongs": 0,
+                                      "resubscribes": 0, "refusals": 0}
+        self.connected_since_ns: int | None = None
+        self.last_error: str | None = None
+
+    # -- pykka hooks ---------------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, ReaderExited):
+            self._on_reader_exit(message)
+        elif isinstance(message, Tick):
+            self._on_tick(message.now_ns)
+        elif isinstance(message, Resubscribe):
+            self._resubscribe(message.topic)
+        elif isinstance(message, Reconnect):
+            self._connect(message.attempt)
+        elif isinstance(message, ServerReply):
+            self._on_reply(message)
+        elif isinstance(message, Begin):
+            self.parser = message.parser  # type: ignore[assignment]
+            self._connect(1)
+        return None
+
+    def on_stop(self) -> None:
+        self.stopping = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self._close_gracefully()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self.stopping = True
+        ws = self.ws
+        if ws is not None:
+            ws.shutdown()
+        self.on_fatal(f"connection actor failed: {exception_value!r}")
+
+    # -- connection lifecycle --------------------------------------------------------------------------
+
+    def _connect(self, attempt: int) -> None:
+        if self.stopping or self.ws is not None:
+            return
+        url = self.cfg.url
+        ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True)
+        try:
+            ws.connect(url, timeout=self.cfg.connect_timeout_s)
+        except Exception as exc:
+            self.stats["connect_failures"] += 1
+            self.last_error = f"connect {url}: {exc!r}"
+            self._schedule_reconnect(attempt, self.last_error)
+            return
+        # A silent socket (no data, no pong) for this long is a dead socket.
+        ws.settimeout(self.cfg.ping_interval_s * 1.5 + 5.0)
+        self.ws = ws
+        self.session_id += 1
+        self.stats["sessions"] += 1
+        now = time.time_ns()
+        self.connected_since_ns = now
+        sid = self.session_id
+        assert self.parser is not None
+        # Through the parser, so that the features actor sees it in order with the frames.
+        self.parser.tell(SessionStarted(sid, url, self.topics, now))
+        self.reader = threading.Thread(
+            target=_read_loop, args=(ws, sid, self.parser, self.actor_ref),
+            name=f"ws-reader-{self.shard_id}-{sid}", daemon=True,
+        )
+        self.reader.start()
+        try:
+            for _req_id, req in subscribe_requests("subscribe", self.topics, self.cfg.subscribe_batch_args,
+                                                   f"s{self.shard_id}.{sid}"):
+                ws.send(req)
+        except Exception as exc:
+            log.warning("subscribe failed: %r", exc, extra={"fields": {"shard": self.shard_id}})
+            ws.shutdown()  # the reader sees the error and reports the session's end
+            return
+        self.next_ping_ns = now + int(self.cfg.ping_interval_s * 1e9)
+        log.info("connected", extra={"fields": {"shard": self.shard_id, "url": url, "session": sid,
+                                                "topics": len(self.topics), "attempt": attempt}})
+
+    def _schedule_reconnect(self, attempt: int, reason: str) -> None:
+        if self.stopping:
+            return
+        self.failures += 1
+        limit = self.cfg.max_reconnect_attempts
+        if limit and self.failures > limit:
+            # Crash-only: give up here and let the supervisor decide (it has the circuit breaker).
+            raise ConnectionError(f"{self.failures - 1} reconnect attempts failed; last: {reason}")
+        delay = self.backoff.delay(self.failures)
+        log.warning("reconnect scheduled", extra={"fields": {
+            "shard": self.shard_id, "attempt": self.failures, "delay_s": round(delay, 3), "reason": reason}})
+        ref = self.actor_ref
+        self.timer = threading.Timer(delay, _tell_quietly, args=(ref, Reconnect(attempt + 1)))
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _on_reader_exit(self, msg: ReaderExited) -> None:
+        if msg.session_id != self.session_id:
+            return
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            ws.shutdown()
+        assert self.parser is not None
+        self.parser.tell(SessionEnded(msg.session_id, msg.reason, time.time_ns(), msg.graceful))
+        if self.stopping:
+            return
+        self.last_error = msg.reason
+        log.warning("disconnected", extra={"fields": {"shard": self.shard_id, "session": msg.session_id,
+                                                      "reason": msg.reason}})
+        self._schedule_reconnect(1, msg.reason)
+
+    def _on_tick(self, now_ns: int) -> None:
+        ws = self.ws
+        if ws is None or now_ns < self.next_ping_ns:
+            return
+        self.next_ping_ns = now_ns + int(self.cfg.ping_interval_s * 1e9)
+        try:
+            ws.send(ping_request(f"p{self.shard_id}.{self.stats['pings']}"))
+            self.stats["pings"] += 1
+        except Exception as exc:
+            ws.shutdown()  # the reader reports the session's end
+            self.last_error = f"ping: {exc!r}"
+
+    def _on_reply(self, reply: ServerReply) -> None:
+        if reply.kind == "pong":
+            self.stats["pongs"] += 1
+            # A session that answers pings is healthy: the next failure starts the backoff afresh.
+            self.failures = 0
+        elif reply.kind == "ack" and reply.ok:
+            self.failures = 0
+        elif not reply.ok:
+            self.stats["refusals"] += 1  # the parser logged it, with the topic it names
+
+    def _resubscribe(self, topic: str) -> None:
+        ws = self.ws
+        if ws is None or topic not in self.topics:
+            return  # the next session subscribes everything afresh
+        self.stats["resubscribes"] += 1
+        try:
+            for op in ("unsubscribe", "subscribe"):
+                for _rid, req in subscribe_requests(op, (topic,), 1, f"r{self.shard_id}.{self.session_id}"):
+                    ws.send(req)
+        except Exception as exc:
+            ws.shutdown()
+            self.last_error = f"resubscribe: {exc!r}"
+
+    def _close_gracefully(self) -> None:
+        """Send a close frame and keep reading until the server's close frame (or the deadline)."""
+        ws, reader = self.ws, self.reader
+        if ws is None:
+            return
+        try:
+            ws.send_close(reason=b"shutdown")
+        except Exception:  # the socket may already be gone; the reader then exits on its own
+            ws.shutdown()
+        if reader is not None:
+            reader.join(timeout=max(0.5, self.cfg.shutdown_deadline_s / 3))
+            if reader.is_alive():
+                ws.shutdown()
+                reader.join(timeout=2.0)
+        ws.shutdown()
+        self.ws = None
+        if self.parser is not None:
+            self.parser.tell(SessionEnded(self.session_id, "shutdown", time.time_ns(), True))
+
+    def status(self) -> dict[str, object]:
+        return {**self.stats, "session": self.session_id, "connected": self.ws is not None,
+                "consecutive_failures": self.failures, "last_error": self.last_error,
+                "url": self.cfg.url, "topics": len(self.topics)}
+
+
+def _tell_quietly(ref: pykka.ActorRef[Any], msg: object) -> None:
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(msg)
+
+
+def _read_loop(ws: websocket.WebSocket, session_id: int, parser: pykka.ActorRef[Any],
+               owner: pykka.ActorRef[Any]) -> None:
+    """Receive, stamp, tell. Ends on the server's close frame, a socket error or a timeout."""
+    reason = "closed"
+    graceful = False
+    tell = parser.tell
+    recv = ws.recv_data_frame
+    clock = time.time_ns
+    try:
+        while True:
+            opcode, frame = recv(False)
+            if opcode in _DATA_OPCODES:
+                tell(RawFrames(session_id, ((clock(), frame.data),)))
+            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else None
+                reason = f"server close code={code}"
+                graceful = code in (None, 1000, 1001)
+                break
+    except websocket.WebSocketTimeoutException:
+        reason = "stall: nothing received within the read timeout"
+    except pykka.ActorDeadError:
+        return
+    except Exception as exc:
+        reason = f"socket error: {exc!r}"
+    _tell_quietly(owner, ReaderExited(session_id, reason, graceful))

@@ -1,0 +1,102 @@
+"""ParserActor: raw frames -> validated book updates (orjson, floats); bad frames counted and dropped."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pykka
+
+from actors.reporting import Reporter
+from messages.book import BookUpdate, ParsedBatch, RejectedFrame
+from messages.control import ServerReply, Tick
+from messages.frames import EndOfStream, RawFrames, SessionEnded, SessionStarted
+from recorder.logs import RateLimited
+from recorder.protocol import BOOK, OTHER_TOPIC, REJECT, REPLY, Reply, classify
+
+log = logging.getLogger("actors.parser")
+
+
+class ParserActor(pykka.ThreadingActor):
+    """Never raises on input: every frame ends in a counter (book, reply, other_topic, reject:<reason>,
+    filtered)."""
+
+    def __init__(
+        self,
+        features: pykka.ActorRef[Any],
+        connection: pykka.ActorRef[Any] | None,
+        *,
+        topics: frozenset[str] | None,
+        symbols: frozenset[str] | None,
+        depth: int | None,
+        reporter: Reporter,
+    ) -> None:
+        super().__init__()
+        self.features = features
+        self.connection = connection
+        # Live: only subscribed topics are ours. Replay: topics come from the file, optionally filtered.
+        self.topics = topics
+        self.symbols = symbols
+        self.depth = depth
+        self.reporter = reporter
+        self.counts: dict[str, int] = {"frames": 0, "book": 0, "reply": 0, "other_topic": 0, "filtered": 0}
+        self.rate = RateLimited(10.0)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, RawFrames):
+            self._parse(message)
+        elif isinstance(message, Tick):
+            self.reporter.maybe(message.now_ns, self.status())
+        elif isinstance(message, SessionStarted | SessionEnded | EndOfStream):
+            self.features.tell(message)
+        return None
+
+    def _parse(self, msg: RawFrames) -> None:
+        items: list[BookUpdate | RejectedFrame] = []
+        counts = self.counts
+        topics, symbols, depth = self.topics, self.symbols, self.depth
+        for recv_ns, payload in msg.frames:
+            kind, obj = classify(payload, recv_ns)
+            if kind is BOOK:
+                upd: BookUpdate = obj  # type: ignore[assignment]
+                if (topics is not None and upd.topic not in topics) or (
+                        symbols is not None and upd.symbol not in symbols) or (
+                        depth is not None and upd.depth != depth):
+                    counts["filtered"] += 1
+                    continue
+                items.append(upd)
+            elif kind is REJECT:
+                rej: RejectedFrame = obj  # type: ignore[assignment]
+                key = "reject:" + rej.reason
+                counts[key] = counts.get(key, 0) + 1
+                if rej.topic is not None and (topics is None or rej.topic in topics):
+                    items.append(rej)
+                ok, suppressed = self.rate.allow(key)
+                if ok:
+                    log.warning("frame rejected", extra={"fields": {
+                        "reason": rej.reason, "topic": rej.topic, "suppressed_since_last": suppressed}})
+            elif kind is REPLY:
+                self._reply(obj, recv_ns)  # type: ignore[arg-type]
+            elif kind is OTHER_TOPIC:
+                counts["other_topic"] += 1
+        counts["frames"] += len(msg.frames)
+        counts["book"] += sum(1 for i in items if i.__class__ is BookUpdate)
+        # Always tell, even an empty batch: in replay each batch carries one flow-control credit.
+        self.features.tell(ParsedBatch(msg.session_id, tuple(items)))
+
+    def _reply(self, reply: Reply, recv_ns: int | None) -> None:
+        self.counts["reply"] += 1
+        key = "reply:" + reply.kind
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if not reply.ok:
+            log.error("Bybit refused a request", extra={"fields": {
+                "ret_msg": reply.message, "topic": reply.topic, "req_id": reply.req_id, "op": reply.op}})
+        if self.connection is not None:
+            self.connection.tell(ServerReply(reply.kind, reply.ok, reply.req_id, reply.message, recv_ns))
+
+    def status(self) -> dict[str, object]:
+        return dict(self.counts)
+
+    def on_stop(self) -> None:
+        self.reporter.maybe(time.time_ns(), self.status(), force=True)

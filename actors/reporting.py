@@ -1,0 +1,32 @@
+"""Periodic status reports from actors to the root's HealthActor (through a process queue)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import time
+from typing import Any
+
+from messages.health import Status
+
+REPORT_INTERVAL_NS = 1_000_000_000
+
+
+class Reporter:
+    """Sends an actor's status at most once per interval; never blocks (a full queue drops a report)."""
+
+    def __init__(self, status_q: Any, role: str, actor: str, shard_id: int | None) -> None:
+        self.q = status_q
+        self.role = role
+        self.actor = actor
+        self.shard_id = shard_id
+        self.pid = os.getpid()
+        self.next_ns = 0
+
+    def maybe(self, now_ns: int, stats: dict[str, object], force: bool = False) -> None:
+        if self.q is None or (not force and now_ns < self.next_ns):
+            return
+        self.next_ns = now_ns + REPORT_INTERVAL_NS
+        with contextlib.suppress(queue.Full):
+            self.q.put_nowait(Status(self.role, self.actor, self.shard_id, self.pid, time.time_ns(), stats))

@@ -1,0 +1,25 @@
+"""What every actor and process reports to the root's HealthActor (about once a second)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A point-in-time report. ``stats`` is built fresh for each report and never changed after."""
+
+    role: str  # "shard" | "writer"
+    actor: str  # "connection" | "parser" | "features" | "replay" | "writer"
+    shard_id: int | None
+    pid: int
+    sent_ns: int
+    stats: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class DumpHealth:
+    """Root -> HealthActor: write the health dump to ``path`` (requested by SIGUSR1)."""
+
+    path: str
+    reason: str

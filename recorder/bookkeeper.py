@@ -1,0 +1,188 @@
+"""Sequence integrity and book maintenance for every topic of a shard; turns updates into rows.
+
+Rules (architecture.md, bybit-v5.md):
+- any snapshot replaces the book and brings the topic in sync; ``u == 1`` after a higher ``u`` is a
+  service restart: counted as a reset, not a gap;
+- a delta must have ``u == last_u + 1``; ``orderbook.1`` may repeat the same ``u`` (3 s re-push);
+- ``u`` jumping ahead is a gap: the topic goes out of sync (no rows), the gap is recorded, and a
+  resubscribe is requested; ``u`` below the last (and not 1) is stale: dropped and counted;
+- a delta before any snapshot, a crossed or locked book after a message, and a rejected frame of the topic
+  are gaps as well;
+- while out of sync every frame of the topic is counted as inside the gap, until the next snapshot.
+Every book frame ends in exactly one counter, so frames = rows + stale + in_gap + gaps_opened.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from messages.book import BookUpdate, RejectedFrame
+from messages.writer import GapRecord
+from recorder.features import IsoMillis, make_row
+from recorder.orderbook import OrderBook
+from recorder.protocol import split_topic
+
+# Gap reasons (stable names, stored in l2_gaps.reason).
+GAP_U_JUMP = "u_jump"
+GAP_NO_SNAPSHOT = "delta_before_snapshot"
+GAP_CROSSED = "crossed_book"
+GAP_REJECTED = "rejected_frame"
+GAP_RESTART_DELTA = "restart_delta"
+GAP_DISCONNECT = "disconnect"
+
+
+@dataclass(slots=True)
+class TopicState:
+    topic: str
+    symbol: str
+    depth: int
+    book: OrderBook = field(default_factory=OrderBook)
+    synced: bool = False
+    last_u: int | None = None
+    open_gap: GapRecord | None = None
+    frames: int = 0
+    rows: int = 0
+    stale: int = 0
+    in_gap: int = 0
+    gaps: int = 0
+    resets: int = 0
+    orphan_deletes: int = 0
+    rejected: int = 0
+    last_ts_ms: int | None = None
+    last_recv_ns: int | None = None
+
+
+class BookKeeper:
+    """Holds the books of a shard. Not thread-safe: one actor owns it."""
+
+    def __init__(
+        self,
+        *,
+        category: str,
+        data_source: str,
+        feature_levels: int = 10,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.category = category
+        self.data_source = data_source
+        self.n = feature_levels
+        self.clock_ns = clock_ns
+        self.topics: dict[str, TopicState] = {}
+        self.gap_events: list[GapRecord] = []
+        self.resync_requests: list[tuple[str, str]] = []
+        self.resets: list[tuple[str, int | None]] = []
+        self._iso = IsoMillis()
+
+    def _state(self, topic: str, symbol: str, depth: int) -> TopicState:
+        st = self.topics.get(topic)
+        if st is None:
+            st = self.topics[topic] = TopicState(topic, symbol, depth)
+        return st
+
+    def on_update(self, upd: BookUpdate) -> tuple[object, ...] | None:
+        """Apply one update; returns its row, or None when no row may be written."""
+        st = self.topics.get(upd.topic) or self._state(upd.topic, upd.symbol, upd.depth)
+        st.frames += 1
+        st.last_ts_ms = upd.ts_ms
+        st.last_recv_ns = upd.recv_ns
+        book = st.book
+        if upd.is_snapshot:
+            if upd.u == 1 and st.last_u is not None and st.last_u > 1:
+                st.resets += 1
+                self.resets.append((st.topic, st.last_u))
+            book.replace(upd.bids, upd.asks)
+            st.last_u = upd.u
+            if book.crossed():
+                self._open_gap(st, GAP_CROSSED, st.last_u, upd.u)
+                return None
+            if not st.synced:
+                st.synced = True
+                self._close_gap(st)
+        else:
+            if not st.synced:
+                if st.open_gap is None:
+                    self._open_gap(st, GAP_NO_SNAPSHOT, st.last_u, upd.u)
+                else:
+                    st.in_gap += 1
+                return None
+            last = st.last_u
+            if upd.u != last + 1:  # type: ignore[operator]
+                if upd.u == last and upd.depth == 1:
+                    pass  # the documented orderbook.1 re-push of an unchanged book
+                elif upd.u == 1:
+                    self._open_gap(st, GAP_RESTART_DELTA, last, upd.u)
+                    return None
+                elif upd.u > last:  # type: ignore[operator]
+                    self._open_gap(st, GAP_U_JUMP, last, upd.u)
+                    return None
+                else:
+                    st.stale += 1
+                    return None
+            st.orphan_deletes += book.apply(upd.bids, upd.asks)
+            st.last_u = upd.u
+            if book.crossed():
+                self._open_gap(st, GAP_CROSSED, last, upd.u)
+                return None
+        st.rows += 1
+        return make_row(book, upd, category=self.category, data_source=self.data_source, n=self.n,
+                        iso=self._iso)
+
+    def on_reject(self, rej: RejectedFrame) -> None:
+        """A frame of a topic could not be used: the topic's book missed an update."""
+        if rej.topic is None:
+            return
+        parsed = split_topic(rej.topic)
+        if parsed is None:
+            return
+        st = self._state(rej.topic, parsed[1], parsed[0])
+        st.frames += 1
+        st.rejected += 1
+        if st.synced or st.open_gap is None:
+            self._open_gap(st, GAP_REJECTED, st.last_u, None, count_frame=False)
+
+    def on_disconnect(self, topics: tuple[str, ...] | None = None) -> None:
+        """The connection dropped: every synced topic has a gap until its next snapshot."""
+        for st in self.topics.values():
+            if (topics is None or st.topic in topics) and st.synced:
+                self._open_gap(st, GAP_DISCONNECT, st.last_u, None, count_frame=False, resync=False)
+
+    def _open_gap(self, st: TopicState, reason: str, last_u: int | None, got_u: int | None, *,
+                  count_frame: bool = True, resync: bool = True) -> None:
+        if count_frame:
+            st.gaps += 1
+        st.synced = False
+        st.book.clear()
+        if st.open_gap is None:
+            gap = GapRecord(self.category, st.topic, st.symbol, st.depth, last_u, got_u, reason,
+                            self.clock_ns(), None)
+            st.open_gap = gap
+            self.gap_events.append(gap)
+        if resync:
+            self.resync_requests.append((st.topic, reason))
+
+    def _close_gap(self, st: TopicState) -> None:
+        gap = st.open_gap
+        if gap is not None:
+            st.open_gap = None
+            closed = GapRecord(gap.category, gap.topic, gap.symbol, gap.depth, gap.last_u, gap.got_u,
+                               gap.reason, gap.detected_ns, self.clock_ns())
+            self.gap_events.append(closed)
+
+    def take_events(self) -> tuple[list[GapRecord], list[tuple[str, str]], list[tuple[str, int | None]]]:
+        """Gap records, resync requests and resets produced since the last call."""
+        out = (self.gap_events, self.resync_requests, self.resets)
+        self.gap_events, self.resync_requests, self.resets = [], [], []
+        return out
+
+    def snapshot_stats(self) -> dict[str, dict[str, object]]:
+        return {
+            t: {
+                "synced": st.synced, "last_u": st.last_u, "frames": st.frames, "rows": st.rows,
+                "stale": st.stale, "in_gap": st.in_gap, "gaps": st.gaps, "resets": st.resets,
+                "rejected": st.rejected, "orphan_deletes": st.orphan_deletes,
+                "last_ts_ms": st.last_ts_ms, "last_recv_ns": st.last_recv_ns,
+            }
+            for t, st in self.topics.items()
+        }

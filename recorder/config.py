@@ -1,0 +1,269 @@
+"""Recorder configuration: defaults < config file (TOML) < environment (``L2REC_*``) < command-line flags.
+
+Every value is checked once, here; a bad one raises :class:`ConfigError` naming the key, the value and
+what is allowed, and ``supervisor.py`` turns that into exit code 78 (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recorder.endpoints import CATEGORIES, LIVE_DEPTHS, NETWORKS, public_ws_url
+
+ENV_PREFIX = "L2REC_"
+EX_CONFIG = 78
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9\-_]{0,40}$")
+_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; ``key`` names it."""
+
+    def __init__(self, key: str, value: object, why: str) -> None:
+        super().__init__(f"config key '{key}' = {value!r}: {why}")
+        self.key = key
+        self.value = value
+        self.why = why
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderConfig:
+    """Everything the processes need, immutable and picklable (it crosses to spawned children)."""
+
+    symbols: tuple[str, ...] = ("BTCUSDT",)
+    category: str = "linear"
+    network: str = "mainnet"
+    ws_url: str | None = None
+    orderbook_depth: int = 50
+    feature_levels: int = 10
+    db_path: str = "./trading_bot_live.db"
+    table_name: str = "l2_training_data_practical"
+    buffer_size: int = 1000
+    write_interval: float = 0.05
+    writer_queue_batches: int = 256
+    max_reconnect_attempts: int = 0
+    reconnect_delay: float = 0.5
+    reconnect_delay_max_s: float = 60.0
+    connect_timeout_s: float = 10.0
+    ping_interval_s: float = 20.0
+    subscribe_batch_args: int = 10
+    shutdown_deadline_s: float = 15.0
+    replay: str | None = None
+    replay_filter_symbols: bool = False
+    replay_filter_depth: bool = False
+    health_file: str = "./health.json"
+    log_file: str | None = None
+    log_level: str = "INFO"
+
+    @property
+    def url(self) -> str:
+        """The websocket endpoint: ``ws_url`` when given, else Bybit's public URL for network/category."""
+        return self.ws_url or public_ws_url(self.network, self.category)
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(f"orderbook.{self.orderbook_depth}.{s}" for s in self.symbols)
+
+
+FIELDS = {f.name for f in dataclasses.fields(RecorderConfig)}
+# Keys users of the seed know, mapped to today's fields. `sandbox` meant "testnet" in the seed.
+ALIASES = {"symbol": "symbols", "depth": "orderbook_depth", "db": "db_path"}
+LEGACY_ONLY = {"sandbox", "exchange"}
+
+
+def _as_int(key: str, v: object, lo: int, hi: int) -> int:
+    if isinstance(v, bool):
+        raise ConfigError(key, v, f"must be a whole number from {lo} to {hi}")
+    try:
+        n = int(str(v).strip()) if not isinstance(v, int) else v
+    except ValueError:
+        raise ConfigError(key, v, f"must be a whole number from {lo} to {hi}") from None
+    if not lo <= n <= hi:
+        raise ConfigError(key, v, f"must be a whole number from {lo} to {hi}")
+    return n
+
+
+def _as_float(key: str, v: object, lo: float, hi: float) -> float:
+    if isinstance(v, bool):
+        raise ConfigError(key, v, f"must be a number of seconds from {lo} to {hi}")
+    try:
+        x = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(key, v, f"must be a number of seconds from {lo} to {hi}") from None
+    if not lo <= x <= hi:  # also rejects nan
+        raise ConfigError(key, v, f"must be a number of seconds from {lo} to {hi}")
+    return x
+
+
+def _as_bool(key: str, v: object) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(key, v, "must be true or false")
+
+
+def _as_symbols(key: str, v: object) -> tuple[str, ...]:
+    items = [p.strip() for p in v.split(",")] if isinstance(v, str) else list(v)  # type: ignore[call-overload]
+    out: list[str] = []
+    for s in items:
+        if not isinstance(s, str) or not s:
+            raise ConfigError(key, v, "must be a non-empty list of symbols such as BTCUSDT,ETHUSDT")
+        # The seed took ccxt-style "BTC/USDT:USDT"; Bybit's topic wants "BTCUSDT".
+        sym = s.split(":")[0].replace("/", "").upper()
+        if not _SYMBOL_RE.match(sym):
+            raise ConfigError(key, v, f"symbol {s!r} is not a Bybit symbol (letters and digits, e.g. BTCUSDT)")
+        if sym not in out:
+            out.append(sym)
+    if not out:
+        raise ConfigError(key, v, "must name at least one symbol")
+    return tuple(out)
+
+
+def _as_choice(key: str, v: object, allowed: tuple[str, ...]) -> str:
+    s = str(v).strip().lower()
+    if s not in allowed:
+        raise ConfigError(key, v, f"must be one of {', '.join(allowed)}")
+    return s
+
+
+def _as_opt_str(key: str, v: object) -> str | None:
+    if v is None:
+        return None
+    s = str(v).strip()
+    return s or None
+
+
+def _as_ws_url(key: str, v: object) -> str | None:
+    s = _as_opt_str(key, v)
+    if s is not None and not re.match(r"^wss?://[^\s/]+", s):
+        raise ConfigError(key, v, "must be a ws:// or wss:// URL")
+    return s
+
+
+_PARSERS: dict[str, Callable[[str, object], Any]] = {
+    "symbols": _as_symbols,
+    "category": lambda k, v: _as_choice(k, v, CATEGORIES),
+    "network": lambda k, v: _as_choice(k, v, NETWORKS),
+    "ws_url": _as_ws_url,
+    "orderbook_depth": lambda k, v: _as_int(k, v, 1, 1000),
+    "feature_levels": lambda k, v: _as_int(k, v, 1, 10),
+    "db_path": lambda k, v: _as_opt_str(k, v) or _raise(k, v, "must be a file path"),
+    "table_name": lambda k, v: str(v) if _TABLE_RE.match(str(v)) else _raise(
+        k, v, "must be an SQL identifier (letters, digits, underscore)"),
+    "buffer_size": lambda k, v: _as_int(k, v, 1, 100_000),
+    "write_interval": lambda k, v: _as_float(k, v, 0.001, 60.0),
+    "writer_queue_batches": lambda k, v: _as_int(k, v, 1, 100_000),
+    "max_reconnect_attempts": lambda k, v: _as_int(k, v, 0, 1_000_000),
+    "reconnect_delay": lambda k, v: _as_float(k, v, 0.01, 3600.0),
+    "reconnect_delay_max_s": lambda k, v: _as_float(k, v, 0.01, 3600.0),
+    "connect_timeout_s": lambda k, v: _as_float(k, v, 0.1, 300.0),
+    "ping_interval_s": lambda k, v: _as_float(k, v, 0.05, 540.0),
+    "subscribe_batch_args": lambda k, v: _as_int(k, v, 1, 10),
+    "shutdown_deadline_s": lambda k, v: _as_float(k, v, 0.5, 3600.0),
+    "replay": _as_opt_str,
+    "replay_filter_symbols": _as_bool,
+    "replay_filter_depth": _as_bool,
+    "health_file": lambda k, v: _as_opt_str(k, v) or _raise(k, v, "must be a file path"),
+    "log_file": _as_opt_str,
+    "log_level": lambda k, v: str(v).upper() if str(v).upper() in LOG_LEVELS else _raise(
+        k, v, f"must be one of {', '.join(LOG_LEVELS)}"),
+}
+
+
+def _raise(key: str, value: object, why: str) -> Any:
+    raise ConfigError(key, value, why)
+
+
+def _normalise(raw: Mapping[str, object], source: str, prefix: str = "") -> dict[str, object]:
+    """Map legacy keys to fields and reject unknown ones, so a typo is an error, not a silent default."""
+    out: dict[str, object] = {}
+    for key, value in raw.items():
+        k = key.strip().lower().replace("-", "_")
+        if k == "sandbox":
+            # The seed's flag: true meant testnet. It never meant demo (which reads mainnet data).
+            out["network"] = "testnet" if _as_bool(key, value) else out.get("network", "mainnet")
+            continue
+        if k == "exchange":
+            if str(value).lower() != "bybit":
+                raise ConfigError(key, value, "only bybit is supported")
+            continue
+        k = ALIASES.get(k, k)
+        if k not in FIELDS:
+            raise ConfigError(prefix + key, value,
+                              f"unknown key in {source}; known keys: {', '.join(sorted(FIELDS))}")
+        out[k] = value
+    return out
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, object]:
+    """Read a config file; keys may sit at the top level or under a ``[recorder]`` table."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("config", str(p), "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", str(p), f"not valid TOML: {exc}") from None
+    if isinstance(data.get("recorder"), dict):
+        data = {**{k: v for k, v in data.items() if k != "recorder"}, **data["recorder"]}
+    return _normalise(data, f"config file {p}")
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, object]:
+    raw = {k[len(ENV_PREFIX):]: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
+    return _normalise(raw, f"environment ({ENV_PREFIX}*)", ENV_PREFIX)
+
+
+def build_config(
+    file_values: Mapping[str, object],
+    env_values: Mapping[str, object],
+    flag_values: Mapping[str, object],
+) -> RecorderConfig:
+    """Merge the layers (later wins), validate every value, and check the combination."""
+    merged: dict[str, object] = {}
+    for layer in (file_values, env_values, flag_values):
+        merged.update({k: v for k, v in layer.items() if v is not None})
+    values = {k: _PARSERS[k](k, v) for k, v in merged.items()}
+    cfg = RecorderConfig(**values)
+    # In replay, symbols/depth given on the command line or in the environment filter the file; the
+    # config file's values (defaults for live recording) do not.
+    explicit = {k for layer in (env_values, flag_values) for k, v in layer.items() if v is not None}
+    return _check(cfg, explicit=explicit)
+
+
+def _check(cfg: RecorderConfig, explicit: set[str]) -> RecorderConfig:
+    if cfg.reconnect_delay > cfg.reconnect_delay_max_s:
+        raise ConfigError("reconnect_delay", cfg.reconnect_delay,
+                          f"must not exceed reconnect_delay_max_s ({cfg.reconnect_delay_max_s})")
+    if cfg.replay is not None:
+        if not Path(cfg.replay).is_file():
+            raise ConfigError("replay", cfg.replay, "file not found")
+        # In replay the topics come from the frames; symbols/depth only filter when the user set them.
+        return dataclasses.replace(
+            cfg,
+            replay_filter_symbols=cfg.replay_filter_symbols or "symbols" in explicit,
+            replay_filter_depth=cfg.replay_filter_depth or "orderbook_depth" in explicit,
+        )
+    allowed = LIVE_DEPTHS[cfg.category]
+    if cfg.orderbook_depth not in allowed:
+        raise ConfigError(
+            "orderbook_depth", cfg.orderbook_depth,
+            f"Bybit serves {cfg.category} order books at depths {', '.join(map(str, allowed))} "
+            "(500 was removed in 2025; replay still accepts it)",
+        )
+    if len(",".join(cfg.topics)) > 21_000:
+        raise ConfigError("symbols", len(cfg.symbols), "too many topics for one connection (21,000 chars)")
+    return cfg

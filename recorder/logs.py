@@ -1,0 +1,132 @@
+"""Logging across processes: children put records on a queue; the root formats and writes them.
+
+The log file gets one JSON object per line (ts, level, role, logger, event, fields); stderr gets readable
+text. Hot paths never log per message: they count, and the counters go to the health dump.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import sys
+import time
+from typing import Any
+
+import orjson
+
+ROLE = "root"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line. ``extra={"fields": {...}}`` adds structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "role": getattr(record, "role", ROLE),
+            "pid": record.process,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            base += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return base
+
+
+class _RoleFilter(logging.Filter):
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self.role = role
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "role"):
+            record.role = self.role
+        return True
+
+
+class ReopenableFileHandler(logging.FileHandler):
+    """A file handler whose file can be reopened after logrotate moved it (SIGHUP)."""
+
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            if self.stream:
+                self.stream.close()
+            self.stream = self._open()
+        finally:
+            self.release()
+
+
+class RootLogging:
+    """The root's log listener: the one place where records from all processes are written."""
+
+    def __init__(self, level: str, log_file: str | None) -> None:
+        self.queue: multiprocessing.Queue[logging.LogRecord] = multiprocessing.get_context("spawn").Queue()
+        handlers: list[logging.Handler] = []
+        err = logging.StreamHandler(sys.stderr)
+        err.setFormatter(TextFormatter("%(asctime)s %(levelname)s [%(role)s] %(name)s: %(message)s"))
+        handlers.append(err)
+        self.file_handler: ReopenableFileHandler | None = None
+        if log_file:
+            self.file_handler = ReopenableFileHandler(log_file, encoding="utf-8")
+            self.file_handler.setFormatter(JsonFormatter())
+            handlers.append(self.file_handler)
+        self.listener = logging.handlers.QueueListener(self.queue, *handlers, respect_handler_level=False)
+        self.level = getattr(logging, level)
+        root = logging.getLogger()
+        root.handlers[:] = [logging.handlers.QueueHandler(self.queue)]
+        root.handlers[0].addFilter(_RoleFilter("root"))
+        root.setLevel(self.level)
+        self.listener.start()
+
+    def reopen(self) -> None:
+        if self.file_handler is not None:
+            self.file_handler.reopen()
+
+    def stop(self) -> None:
+        self.listener.stop()
+
+
+def child_logging(queue: multiprocessing.Queue[logging.LogRecord], level: str, role: str) -> None:
+    """Route every record of this (spawned) process to the root's queue, tagged with ``role``."""
+    handler = logging.handlers.QueueHandler(queue)
+    handler.addFilter(_RoleFilter(role))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level))
+    os.environ.setdefault("L2REC_ROLE", role)
+
+
+class RateLimited:
+    """Lets a repeated warning through at most once per ``interval_s``, counting what it held back."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def allow(self, key: str) -> tuple[bool, int]:
+        """(whether to log now, how many were suppressed since the last one logged)."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return False, 0
+        self._last[key] = now
+        return True, self.suppressed.pop(key, 0)

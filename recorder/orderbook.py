@@ -1,0 +1,75 @@
+"""An L2 order book for one topic: a dict per side plus a bisect-maintained sorted price list.
+
+Floats, never Decimal: Bybit prices are decimal strings, and ``float("1.9520") == float("1.952")``, so the
+same level from two spellings is one key. Measured here this is ~2x faster than SortedDict and ~3x faster
+than anything with Decimal.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Iterable
+
+from messages.book import Level
+
+
+class OrderBook:
+    """Sizes are absolute: a level's size replaces the old one, size 0 deletes the level."""
+
+    __slots__ = ("ask_px", "asks", "bid_px", "bids")
+
+    def __init__(self) -> None:
+        self.bids: dict[float, float] = {}
+        self.asks: dict[float, float] = {}
+        self.bid_px: list[float] = []  # ascending; best bid is the last
+        self.ask_px: list[float] = []  # ascending; best ask is the first
+
+    def replace(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
+        """Load a snapshot: the book becomes exactly these levels (zero sizes skipped)."""
+        self.bids = {p: s for p, s in bids if s > 0.0}
+        self.asks = {p: s for p, s in asks if s > 0.0}
+        self.bid_px = sorted(self.bids)
+        self.ask_px = sorted(self.asks)
+
+    def apply(self, bids: Iterable[Level], asks: Iterable[Level]) -> int:
+        """Apply a delta; returns how many deletes named a level that was not there (tolerated)."""
+        return _apply_side(self.bids, self.bid_px, bids) + _apply_side(self.asks, self.ask_px, asks)
+
+    def clear(self) -> None:
+        self.replace((), ())
+
+    def best_bid(self) -> float | None:
+        return self.bid_px[-1] if self.bid_px else None
+
+    def best_ask(self) -> float | None:
+        return self.ask_px[0] if self.ask_px else None
+
+    def crossed(self) -> bool:
+        """Best bid at or above best ask: the book is known to be wrong."""
+        return bool(self.bid_px and self.ask_px and self.bid_px[-1] >= self.ask_px[0])
+
+    def top_bids(self, n: int) -> list[Level]:
+        bids = self.bids
+        return [(p, bids[p]) for p in self.bid_px[:-n - 1:-1]]
+
+    def top_asks(self, n: int) -> list[Level]:
+        asks = self.asks
+        return [(p, asks[p]) for p in self.ask_px[:n]]
+
+    def __len__(self) -> int:
+        return len(self.bids) + len(self.asks)
+
+
+def _apply_side(levels: dict[float, float], prices: list[float], changes: Iterable[Level]) -> int:
+    orphans = 0
+    for p, s in changes:
+        if s > 0.0:
+            if p not in levels:
+                insort(prices, p)
+            levels[p] = s
+        elif p in levels:
+            del levels[p]
+            del prices[bisect_left(prices, p)]
+        else:
+            orphans += 1
+    return orphans

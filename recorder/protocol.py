@@ -1,0 +1,182 @@
+"""Bybit v5 public websocket frames: classify, validate and convert, and build requests.
+
+A frame is one of: an order book update (``BookUpdate``), a server reply (ack, pong, refusal), a frame of
+another topic we do not record (``publicTrade``...), or a reject with a reason. Nothing here raises on bad
+input: the caller counts the reason and goes on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import orjson
+
+from messages.book import BookUpdate, Level, RejectedFrame
+
+INF = float("inf")
+
+# Kinds returned by classify(); counters are keyed by these and by reject reasons.
+BOOK = "book"
+REPLY = "reply"
+OTHER_TOPIC = "other_topic"
+REJECT = "reject"
+
+# Reject reasons (stable names: they appear in the health dump and in tests).
+R_NOT_JSON = "not_json"
+R_NOT_OBJECT = "not_object"
+R_BAD_TOPIC = "bad_topic"
+R_BAD_TYPE = "bad_type"
+R_BAD_FIELDS = "bad_fields"
+R_BAD_LEVEL = "bad_level"
+R_SYMBOL = "bad_symbol"
+R_UNKNOWN_SHAPE = "unknown_shape"
+
+_TOPIC_IN_TEXT = re.compile(r"(orderbook\.\d+\.[A-Za-z0-9\-_]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An ack, pong or refusal from the server."""
+
+    kind: str  # "ack" | "pong" | "error"
+    ok: bool
+    op: str | None
+    req_id: str | None
+    message: str
+
+    @property
+    def topic(self) -> str | None:
+        """The topic a refusal names, when it names one (``Invalid symbol :[orderbook.50.X]``)."""
+        m = _TOPIC_IN_TEXT.search(self.message)
+        return m.group(1) if m else None
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _plain_decimal(s: object) -> bool:
+    # Plain non-negative decimal only: float() would also take "nan", "inf", "1e5", "1_000", " 1", "+1".
+    return s.__class__ is str and s.isascii() and s.replace(".", "", 1).isdigit()  # type: ignore[union-attr]
+
+
+def parse_levels(raw: object) -> tuple[Level, ...]:
+    """``[["price","size"], ...]`` -> ``((price, size), ...)`` floats; raises ``_Bad`` on any bad level."""
+    if raw.__class__ is not list:
+        raise _Bad(R_BAD_LEVEL)
+    out: list[Level] = []
+    append = out.append
+    for lvl in raw:  # type: ignore[attr-defined]
+        if lvl.__class__ is not list or len(lvl) < 2:
+            raise _Bad(R_BAD_LEVEL)
+        p = lvl[0]
+        s = lvl[1]
+        if not (_plain_decimal(p) and _plain_decimal(s)):
+            raise _Bad(R_BAD_LEVEL)
+        fp = float(p)
+        fs = float(s)
+        if not (0.0 < fp < INF and fs < INF):
+            raise _Bad(R_BAD_LEVEL)
+        append((fp, fs))
+    return tuple(out)
+
+
+def split_topic(topic: str) -> tuple[int, str] | None:
+    """``orderbook.50.BTCUSDT`` -> ``(50, "BTCUSDT")``; None for any other topic."""
+    parts = topic.split(".")
+    if len(parts) != 3 or parts[0] != "orderbook" or not parts[1].isdigit() or not parts[1].isascii():
+        return None
+    if not parts[2]:
+        return None
+    return int(parts[1]), parts[2]
+
+
+def _int_field(v: object) -> int:
+    if v.__class__ is int:
+        return v  # type: ignore[return-value]
+    raise _Bad(R_BAD_FIELDS)
+
+
+def classify(payload: str | bytes, recv_ns: int | None) -> tuple[str, object]:
+    """Classify and convert one frame.
+
+    Returns ``(BOOK, BookUpdate)``, ``(REPLY, Reply)``, ``(OTHER_TOPIC, topic)`` or
+    ``(REJECT, RejectedFrame)``. A reject carries the topic when the frame's topic was readable, so the
+    caller can resynchronise that book.
+    """
+    try:
+        msg = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return REJECT, RejectedFrame(R_NOT_JSON, None, recv_ns)
+    if msg.__class__ is not dict:
+        return REJECT, RejectedFrame(R_NOT_OBJECT, None, recv_ns)
+    topic = msg.get("topic")
+    if topic is None:
+        return _reply(msg, recv_ns)
+    if topic.__class__ is not str:
+        return REJECT, RejectedFrame(R_BAD_TOPIC, None, recv_ns)
+    if not topic.startswith("orderbook."):
+        return OTHER_TOPIC, topic
+    parsed = split_topic(topic)
+    if parsed is None:
+        return REJECT, RejectedFrame(R_BAD_TOPIC, None, recv_ns)
+    depth, symbol = parsed
+    try:
+        kind = msg.get("type")
+        if kind == "snapshot":
+            is_snapshot = True
+        elif kind == "delta":
+            is_snapshot = False
+        else:
+            raise _Bad(R_BAD_TYPE)
+        data = msg.get("data")
+        if data.__class__ is not dict:
+            raise _Bad(R_BAD_FIELDS)
+        if data.get("s") != symbol:
+            raise _Bad(R_SYMBOL)
+        u = _int_field(data.get("u"))
+        seq = data.get("seq")
+        if seq is not None:
+            seq = _int_field(seq)
+        ts = _int_field(msg.get("ts"))
+        cts = msg.get("cts")
+        if cts is not None:
+            cts = _int_field(cts)
+        if u < 0 or ts < 0:
+            raise _Bad(R_BAD_FIELDS)
+        bids = parse_levels(data.get("b"))
+        asks = parse_levels(data.get("a"))
+    except _Bad as bad:
+        return REJECT, RejectedFrame(bad.reason, topic, recv_ns)
+    return BOOK, BookUpdate(topic, symbol, depth, is_snapshot, u, seq, ts, cts, recv_ns, bids, asks)
+
+
+def _reply(msg: dict[str, object], recv_ns: int | None) -> tuple[str, object]:
+    op = msg.get("op")
+    ret_msg = msg.get("ret_msg")
+    success = msg.get("success")
+    req_id = msg.get("req_id")
+    rid = req_id if isinstance(req_id, str) and req_id else None
+    text = ret_msg if isinstance(ret_msg, str) else ""
+    if text == "pong" or op == "pong":
+        return REPLY, Reply("pong", True, "ping", rid, text)
+    if isinstance(success, bool):
+        return REPLY, Reply("ack" if success else "error", success, op if isinstance(op, str) else None,
+                            rid, text)
+    return REJECT, RejectedFrame(R_UNKNOWN_SHAPE, None, recv_ns)
+
+
+def subscribe_requests(op: str, topics: Iterable[str], batch_args: int, req_prefix: str) -> Iterator[
+        tuple[str, bytes]]:
+    """``(req_id, json)`` requests of at most ``batch_args`` topics (spot refuses more than 10)."""
+    items = list(topics)
+    for n, i in enumerate(range(0, len(items), batch_args)):
+        req_id = f"{req_prefix}-{op}-{n}"
+        yield req_id, orjson.dumps({"req_id": req_id, "op": op, "args": items[i:i + batch_args]})
+
+
+def ping_request(req_id: str) -> bytes:
+    return orjson.dumps({"req_id": req_id, "op": "ping"})

@@ -1,0 +1,108 @@
+"""The training table: the seed's columns (names and types kept) plus what a correct recorder needs.
+
+The seed is the ``l2_training_data_practical`` table of the original ``data_ingestor.py`` project
+(``create_fresh_database.py``'s 63 columns, plus ``sequence`` and ``exchange_timestamp`` which
+``data_ingestor.py`` wrote). Columns the recorder does not compute (``price_impact_*``, ``target_*``:
+labels need the future) stay NULL so that downstream code reading them keeps working.
+"""
+
+from __future__ import annotations
+
+N_LEVELS = 10
+
+_LEVEL_COLS: list[tuple[str, str]] = []
+for _side in ("bid", "ask"):
+    for _i in range(1, N_LEVELS + 1):
+        _LEVEL_COLS += [(f"{_side}_price_{_i}", "REAL"), (f"{_side}_size_{_i}", "REAL")]
+
+# (name, declared type) exactly as the seed declared them, in the seed's order.
+SEED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+    ("timestamp", "DATETIME NOT NULL"),
+    ("symbol", "TEXT NOT NULL"),
+    ("exchange", "TEXT DEFAULT 'bybit'"),
+    *_LEVEL_COLS,
+    ("mid_price", "REAL"),
+    ("spread", "REAL"),
+    ("spread_bps", "REAL"),
+    ("total_bid_volume_10", "REAL"),
+    ("total_ask_volume_10", "REAL"),
+    ("weighted_bid_price", "REAL"),
+    ("weighted_ask_price", "REAL"),
+    ("order_book_imbalance", "REAL"),
+    ("microprice", "REAL"),
+    ("price_impact_bid", "REAL"),
+    ("price_impact_ask", "REAL"),
+    ("target_return_1min", "REAL"),
+    ("target_return_5min", "REAL"),
+    ("target_volatility", "REAL"),
+    ("target_direction", "INTEGER"),
+    ("update_id", "INTEGER"),
+    ("sequence_id", "INTEGER"),
+    ("data_quality_score", "REAL"),
+    ("data_source", "TEXT DEFAULT 'live_trading'"),
+    ("sequence", "INTEGER"),
+    ("exchange_timestamp", "INTEGER"),
+)
+
+# Added by this recorder. A migration can only ADD COLUMN, so none is NOT NULL without a default.
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("cross_sequence", "INTEGER"),
+    ("match_timestamp", "INTEGER"),
+    ("recv_time_ns", "INTEGER"),
+    ("depth", "INTEGER"),
+    ("category", "TEXT"),
+)
+
+# The columns every row tuple fills, in tuple order (features.make_row builds them in this order).
+ROW_COLUMNS: tuple[str, ...] = (
+    "timestamp", "symbol", "exchange",
+    *(name for name, _ in _LEVEL_COLS),
+    "mid_price", "spread", "spread_bps",
+    "total_bid_volume_10", "total_ask_volume_10",
+    "weighted_bid_price", "weighted_ask_price",
+    "order_book_imbalance", "microprice",
+    "update_id", "sequence_id", "data_quality_score", "data_source",
+    "sequence", "exchange_timestamp",
+    "cross_sequence", "match_timestamp", "recv_time_ns", "depth", "category",
+)
+COL = {name: i for i, name in enumerate(ROW_COLUMNS)}
+
+# Replaying the same frames adds nothing; a u=1 restart cannot collide (seq keeps rising); the
+# orderbook.1 re-push of an unchanged book (same u, same seq, new ts) is a row of its own.
+NATURAL_KEY: tuple[str, ...] = (
+    "exchange", "category", "symbol", "depth", "cross_sequence", "sequence", "exchange_timestamp",
+)
+
+GAPS_TABLE = "l2_gaps"
+GAPS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {GAPS_TABLE} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    exchange TEXT NOT NULL DEFAULT 'bybit',
+    category TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    depth INTEGER NOT NULL,
+    last_u INTEGER,
+    got_u INTEGER,
+    reason TEXT NOT NULL,
+    detected_at TEXT NOT NULL,
+    detected_ns INTEGER NOT NULL,
+    recovered_at TEXT,
+    recovered_ns INTEGER,
+    UNIQUE (category, topic, detected_ns)
+)
+"""
+
+
+def table_ddl(table: str) -> str:
+    cols = ",\n    ".join(f"{n} {t}" for n, t in (*SEED_COLUMNS, *ADDED_COLUMNS))
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n    {cols}\n)"
+
+
+def index_ddl(table: str) -> tuple[str, ...]:
+    return (
+        f"CREATE UNIQUE INDEX IF NOT EXISTS ux_{table}_natural_key ON {table} ({', '.join(NATURAL_KEY)})",
+        f"CREATE INDEX IF NOT EXISTS ix_{table}_symbol_exchange_ts ON {table} (symbol, exchange_timestamp)",
+        f"CREATE INDEX IF NOT EXISTS ix_{table}_symbol_timestamp ON {table} (symbol, timestamp)",
+    )

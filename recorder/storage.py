@@ -1,0 +1,146 @@
+"""SQLite storage: open (WAL, synchronous=NORMAL), create or migrate the schema, write batches.
+
+One process holds the only connection. Every batch is one transaction; ``INSERT OR IGNORE`` on the
+natural key makes a replay of the same frames add nothing. An existing database is migrated by adding
+missing columns and indexes only; nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from messages.writer import GapRecord
+from recorder.features import IsoMillis
+from recorder.schema import (
+    ADDED_COLUMNS,
+    GAPS_DDL,
+    GAPS_TABLE,
+    ROW_COLUMNS,
+    SEED_COLUMNS,
+    index_ddl,
+    table_ddl,
+)
+
+log = logging.getLogger("recorder.storage")
+
+
+class SchemaError(RuntimeError):
+    """The existing table cannot hold our rows without dropping data (e.g. a required column is missing
+    and cannot be added)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    created_table: bool
+    added_columns: tuple[str, ...]
+
+
+def connect(path: str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
+    """Open the database for writing: WAL, synchronous=NORMAL, explicit transactions."""
+    conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection, table: str) -> Migration:
+    """Create the tables, or bring an existing training table up to date by adding columns."""
+    existing = {row[1]: row for row in conn.execute(f"PRAGMA table_info({table})")}
+    created = not existing
+    added: list[str] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if created:
+            conn.execute(table_ddl(table))
+        else:
+            for name, decl in (*SEED_COLUMNS, *ADDED_COLUMNS):
+                if name in existing:
+                    continue
+                if "PRIMARY KEY" in decl:
+                    raise SchemaError(f"table {table} has no column {name}; it cannot be added in place")
+                # ADD COLUMN cannot add NOT NULL without a default; old rows get NULL.
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl.replace(' NOT NULL', '')}")
+                added.append(name)
+        for ddl in index_ddl(table):
+            conn.execute(ddl)
+        conn.execute(GAPS_DDL)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if added:
+        log.warning("migrated table %s: added columns %s", table, ", ".join(added))
+    return Migration(created, tuple(added))
+
+
+def insert_sql(table: str) -> str:
+    cols = ", ".join(ROW_COLUMNS)
+    marks = ", ".join("?" * len(ROW_COLUMNS))
+    return f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})"
+
+
+class Store:
+    """The writer's handle on the database; counts what it committed."""
+
+    def __init__(self, path: str, table: str) -> None:
+        self.path = path
+        self.table = table
+        self.conn = connect(path)
+        self.migration = ensure_schema(self.conn, table)
+        self._insert = insert_sql(table)
+        self._iso = IsoMillis()
+        self.rows_offered = 0
+        self.rows_inserted = 0
+        self.batches = 0
+        self.last_commit_s = 0.0
+
+    def write(self, rows: Sequence[Sequence[object]], gaps: Iterable[GapRecord] = ()) -> int:
+        """Write rows and gap records in one transaction; returns the rows actually inserted."""
+        t0 = time.perf_counter()
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            before = conn.total_changes
+            if rows:
+                conn.executemany(self._insert, rows)
+            inserted = conn.total_changes - before
+            for gap in gaps:
+                self._write_gap(gap)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.rows_offered += len(rows)
+        self.rows_inserted += inserted
+        self.batches += 1
+        self.last_commit_s = time.perf_counter() - t0
+        return inserted
+
+    def _write_gap(self, gap: GapRecord) -> None:
+        detected_at = self._iso(gap.detected_ns // 1_000_000)
+        if gap.recovered_ns is None:
+            self.conn.execute(
+                f"INSERT OR IGNORE INTO {GAPS_TABLE} (category, topic, symbol, depth, last_u, got_u, reason,"
+                " detected_at, detected_ns) VALUES (?,?,?,?,?,?,?,?,?)",
+                (gap.category, gap.topic, gap.symbol, gap.depth, gap.last_u, gap.got_u, gap.reason,
+                 detected_at, gap.detected_ns),
+            )
+        else:
+            recovered_at = self._iso(gap.recovered_ns // 1_000_000)
+            self.conn.execute(
+                f"INSERT INTO {GAPS_TABLE} (category, topic, symbol, depth, last_u, got_u, reason, detected_at,"
+                " detected_ns, recovered_at, recovered_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (category, topic, detected_ns) DO UPDATE SET"
+                " recovered_at = excluded.recovered_at, recovered_ns = excluded.recovered_ns",
+                (gap.category, gap.topic, gap.symbol, gap.depth, gap.last_u, gap.got_u, gap.reason,
+                 detected_at, gap.detected_ns, recovered_at, gap.recovered_ns),
+            )
+
+    def close(self) -> None:
+        self.conn.close()

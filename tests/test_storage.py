@@ -1,0 +1,102 @@
+"""Storage: the seed's table is kept (every column, name and type), migrated by adding, idempotent."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from messages.writer import GapRecord
+from recorder.schema import ADDED_COLUMNS, ROW_COLUMNS, SEED_COLUMNS
+from recorder.storage import Store
+
+TABLE = "l2_training_data_practical"
+
+# The seed's own DDL (create_fresh_database.py of the original project), abbreviated to its column list.
+SEED_DDL = f"""
+CREATE TABLE {TABLE} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp DATETIME NOT NULL, symbol TEXT NOT NULL,
+    exchange TEXT DEFAULT 'bybit',
+    {", ".join(f"{s}_{k}_{i} REAL" for s in ("bid", "ask") for i in range(1, 11) for k in ("price", "size"))},
+    mid_price REAL, spread REAL, spread_bps REAL, total_bid_volume_10 REAL, total_ask_volume_10 REAL,
+    weighted_bid_price REAL, weighted_ask_price REAL, order_book_imbalance REAL, microprice REAL,
+    price_impact_bid REAL, price_impact_ask REAL, target_return_1min REAL, target_return_5min REAL,
+    target_volatility REAL, target_direction INTEGER, update_id INTEGER, sequence_id INTEGER,
+    data_quality_score REAL, data_source TEXT DEFAULT 'live_trading'
+)
+"""
+
+
+def make_row(u: int, seq: int, ts: int, symbol: str = "BTCUSDT", depth: int = 50) -> tuple[object, ...]:
+    values: dict[str, object] = dict.fromkeys(ROW_COLUMNS)
+    values.update(timestamp="2024-12-01T00:00:00.000Z", symbol=symbol, exchange="bybit", bid_price_1=1.0,
+                  ask_price_1=2.0, sequence=u, update_id=u, cross_sequence=seq, sequence_id=seq,
+                  exchange_timestamp=ts, depth=depth, category="linear", data_source="test")
+    return tuple(values[c] for c in ROW_COLUMNS)
+
+
+def columns(db: Path) -> dict[str, str]:
+    with sqlite3.connect(db) as c:
+        return {r[1]: r[2] for r in c.execute(f"PRAGMA table_info({TABLE})")}
+
+
+def test_new_database_has_every_seed_column_with_its_type_and_the_added_ones(tmp_path: Path):
+    db = tmp_path / "t.db"
+    store = Store(str(db), TABLE)
+    store.close()
+    cols = columns(db)
+    for name, decl in SEED_COLUMNS:
+        assert name in cols
+        assert cols[name] == decl.split()[0]
+    for name, decl in ADDED_COLUMNS:
+        assert cols[name] == decl.split()[0]
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        idx = {r[1] for r in c.execute(f"PRAGMA index_list({TABLE})")}
+        assert any("symbol_exchange_ts" in i for i in idx)
+        assert c.execute("SELECT name FROM sqlite_master WHERE name='l2_gaps'").fetchone()
+
+
+def test_replaying_the_same_rows_adds_nothing_but_a_ob1_repush_is_a_row(tmp_path: Path):
+    store = Store(str(tmp_path / "t.db"), TABLE)
+    rows = [make_row(10, 100, 1000), make_row(11, 101, 1020)]
+    assert store.write(rows) == 2
+    assert store.write(rows) == 0
+    # orderbook.1 re-pushes an unchanged book with the same u and seq after 3 s: a new observation.
+    assert store.write([make_row(11, 101, 4020, depth=1), make_row(11, 101, 7020, depth=1)]) == 2
+    # a u=1 restart cannot collide with earlier rows: seq keeps rising
+    assert store.write([make_row(1, 102, 1040)]) == 1
+    store.close()
+
+
+def test_existing_seed_database_is_migrated_without_losing_rows(tmp_path: Path):
+    db = tmp_path / "seed.db"
+    with sqlite3.connect(db) as c:
+        c.execute(SEED_DDL)
+        c.execute(f"INSERT INTO {TABLE} (timestamp, symbol, bid_price_1, data_source) "
+                  "VALUES ('2024-01-01T00:00:00', 'BTCUSDT', 42000.5, 'live_trading')")
+    store = Store(str(db), TABLE)
+    assert set(store.migration.added_columns) == {"sequence", "exchange_timestamp",
+                                                  *(n for n, _ in ADDED_COLUMNS)}
+    assert store.write([make_row(5, 50, 123)]) == 1
+    store.close()
+    with sqlite3.connect(db) as c:
+        rows = c.execute(f"SELECT symbol, bid_price_1, sequence FROM {TABLE} ORDER BY id").fetchall()
+    assert rows == [("BTCUSDT", 42000.5, None), ("BTCUSDT", 1.0, 5)]
+    # Opening again changes nothing.
+    store = Store(str(db), TABLE)
+    assert store.migration.added_columns == ()
+    store.close()
+
+
+def test_gaps_are_recorded_and_closed(tmp_path: Path):
+    store = Store(str(tmp_path / "t.db"), TABLE)
+    opened = GapRecord("linear", "orderbook.50.BTCUSDT", "BTCUSDT", 50, 10, 15, "u_jump", 1_700_000_000_123_000_000,
+                       None)
+    store.write([], [opened])
+    closed = GapRecord(*[getattr(opened, f) for f in opened.__slots__][:-1], 1_700_000_001_456_000_000)
+    store.write([], [closed])
+    store.close()
+    with sqlite3.connect(tmp_path / "t.db") as c:
+        rows = c.execute("SELECT topic, last_u, got_u, reason, detected_at, recovered_at FROM l2_gaps").fetchall()
+    assert rows == [("orderbook.50.BTCUSDT", 10, 15, "u_jump", "2023-11-14T22:13:20.123Z",
+                     "2023-11-14T22:13:21.456Z")]
