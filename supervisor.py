@@ -11,17 +11,20 @@ runs the HealthActor and the log listener, handles signals, and drives an ordere
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import logging
 import multiprocessing
-import multiprocessing.connection
 import os
-import queue
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,11 +32,11 @@ from typing import Any
 import pykka
 
 from actors.health import ChildInfo, HealthActor, SupervisorState
-from actors.processes import run_shard, run_writer
-from messages.health import DumpHealth
-from messages.writer import StopWriter
+from actors.processes import EXIT_RATE_LIMITED, run_shard, run_writer
+from messages.health import DumpHealth, Status
 from recorder.config import ENV_PREFIX, EX_CONFIG, ConfigError, RecorderConfig, build_config, from_env, load_toml
 from recorder.logs import RootLogging
+from recorder.restart_policy import ESCALATE, RESTART, ChildPolicy
 
 log = logging.getLogger("supervisor")
 
@@ -42,6 +45,7 @@ DEFAULT_CONFIG = HERE / "conf" / "recorder.toml"
 EXIT_OK = 0
 EXIT_CHILD_FAILED = 1
 EXIT_INTERRUPTED = 130
+EXIT_ESCALATED = 75
 
 _FLAGS = {  # flag dest -> config field
     "db": "db_path", "symbols": "symbols", "category": "category", "depth": "orderbook_depth",
@@ -92,8 +96,36 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Recorde
     return build_config(file_values, from_env(environ), flags)
 
 
+
+@dataclass(eq=False)
+class Child:
+    """A supervised child process and what the root knows of its current incarnation."""
+
+    name: str
+    role: str  # "writer" | "shard"
+    shard_id: int | None
+    topics: tuple[str, ...]
+    policy: ChildPolicy
+    expected_actors: tuple[str, ...]
+    proc: Any = None
+    ctl: Connection | None = None
+    started_mono: float = 0.0
+    heartbeats: dict[str, float] = field(default_factory=dict)
+    synced: bool = False
+    ready: threading.Event = field(default_factory=threading.Event)
+    retry_after: Any = None
+    hang_reason: str | None = None
+    exit_handled: bool = True
+    finished: bool = False  # a transient child that ended normally (a replay shard)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+
 class Root:
-    """The root supervisor: ordered start (writer, then shards), ordered stop (shards, then writer)."""
+    """The root supervisor: ordered start (writer, then shards), restarts under each child's policy,
+    hang detection by heartbeats, ordered stop (shards, then the writer)."""
 
     def __init__(self, cfg: RecorderConfig) -> None:
         self.cfg = cfg
@@ -103,6 +135,23 @@ class Root:
         self.dump_requested = False
         self.reopen_requested = False
         self.started_ns = time.time_ns()
+        self.rundir = tempfile.mkdtemp(prefix="l2rec-")
+        self.writer_address = os.path.join(self.rundir, "writer.sock")
+        self.uplinks: dict[Connection, Child] = {}
+        self.uplinks_lock = threading.Lock()
+        replay = cfg.replay is not None
+        self.writer = Child("writer", "writer", None, (),
+                            ChildPolicy("writer", cfg.policy(cfg.writer_restart, critical=True)), ("writer",))
+        # A replay shard is done when it ends normally; a failing replay escalates at its breaker's first
+        # opening rather than waiting out cooldowns.
+        shard_restart = "transient" if replay else cfg.shard_restart
+        groups: list[tuple[str, ...]] = [()] if replay else cfg.shard_topics()
+        self.shards = [
+            Child(f"shard-{i}", "shard", i, topics,
+                  ChildPolicy(f"shard-{i}", cfg.policy(shard_restart, critical=replay)),
+                  ("parser", "features") if replay else ("connection", "parser", "features"))
+            for i, topics in enumerate(groups)
+        ]
 
     # -- signals (handlers only set flags; the main loop acts) ----------------------------------------
 
@@ -133,133 +182,217 @@ class Root:
 
     def run(self) -> int:
         cfg = self.cfg
-        logs = RootLogging(cfg.log_level, cfg.log_file)
+        self.logs = RootLogging(cfg.log_level, cfg.log_file)
         self._install_signals()
-        health = HealthActor.start(self.started_ns)
-        status_q = self.ctx.Queue(maxsize=10_000)
-        writer_q = self.ctx.Queue(maxsize=cfg.writer_queue_batches)
+        self.health = HealthActor.start(self.started_ns)
         pump_stop = threading.Event()
-        pump = threading.Thread(target=_pump_status, args=(status_q, health, pump_stop), name="status-pump",
-                                daemon=True)
+        pump = threading.Thread(target=self._pump_uplinks, args=(pump_stop,), name="uplink-pump", daemon=True)
         pump.start()
         try:
-            return self._supervise(health, logs, status_q, writer_q)
+            return self._supervise()
         finally:
             pump_stop.set()
             pump.join(timeout=2.0)
             pykka.ActorRegistry.stop_all(block=True, timeout=5.0)
-            logs.stop()
+            self.logs.stop()
+            shutil.rmtree(self.rundir, ignore_errors=True)
 
-    def _supervise(self, health: pykka.ActorRef[Any], logs: RootLogging, status_q: Any, writer_q: Any) -> int:
+    def _start(self, child: Child) -> None:
         cfg = self.cfg
-        stop_event = self.ctx.Event()
-        ready = self.ctx.Event()
+        ctl_child, ctl_root = self.ctx.Pipe(duplex=False)
+        up_root, up_child = self.ctx.Pipe(duplex=False)
+        child.ready.clear()
+        child.heartbeats = {}
+        child.synced = False
+        child.hang_reason = None
+        if child.role == "writer":
+            proc = self.ctx.Process(target=run_writer, name=child.name,
+                                    args=(cfg, self.writer_address, ctl_child, up_child))
+        else:
+            child.retry_after = self.ctx.Value("d", 0.0, lock=False)
+            proc = self.ctx.Process(target=run_shard, name=child.name,
+                                    args=(child.shard_id, cfg, child.topics, self.writer_address, ctl_child,
+                                          up_child, child.retry_after))
+        proc.start()
+        ctl_child.close()
+        up_child.close()
+        child.proc = proc
+        child.ctl = ctl_root
+        child.exit_handled = False
+        child.started_mono = time.monotonic()
+        with self.uplinks_lock:
+            self.uplinks[up_root] = child
+        self.health.tell(ChildInfo(child.name, child.role, proc.pid or 0, time.time_ns()))
+
+    def _pump_uplinks(self, stop: threading.Event) -> None:
+        """Log records and status reports from every child; the heartbeats the hang detector reads."""
+        while not stop.is_set():
+            with self.uplinks_lock:
+                conns = list(self.uplinks)
+            if not conns:
+                stop.wait(0.05)
+                continue
+            for conn in wait(conns, timeout=0.1):
+                child = self.uplinks[conn]  # type: ignore[index]
+                try:
+                    msg = conn.recv()  # type: ignore[union-attr]
+                except (EOFError, OSError):
+                    with self.uplinks_lock:
+                        self.uplinks.pop(conn, None)  # type: ignore[arg-type]
+                    continue
+                if isinstance(msg, logging.LogRecord):
+                    self.logs.handle(msg)
+                elif isinstance(msg, Status):
+                    child.heartbeats[msg.actor] = time.monotonic()
+                    if msg.actor == "features":
+                        topics = msg.stats.get("topics")
+                        child.synced = isinstance(topics, dict) and len(topics) >= len(child.topics) and all(
+                            t.get("synced") for t in topics.values())
+                    with contextlib.suppress(pykka.ActorDeadError):
+                        self.health.tell(msg)
+                elif msg == "ready":
+                    child.ready.set()
+
+    def _supervise(self) -> int:
+        cfg = self.cfg
         log.info("starting", extra={"fields": {
             "mode": "replay" if cfg.replay else "live", "source": cfg.replay or cfg.url,
             "symbols": ",".join(cfg.symbols), "depth": cfg.orderbook_depth, "db": cfg.db_path,
-            "table": cfg.table_name}})
-        writer = self.ctx.Process(target=run_writer, name="writer",
-                                  args=(cfg, writer_q, status_q, logs.queue, ready))
-        writer.start()
-        health.tell(ChildInfo("writer", "writer", writer.pid or 0, time.time_ns()))
-        while not ready.wait(0.05):
-            if not writer.is_alive():
-                log.critical("writer failed to start", extra={"fields": {"exitcode": writer.exitcode}})
+            "table": cfg.table_name, "shards": len(self.shards)}})
+        self._start(self.writer)
+        while not self.writer.ready.wait(0.05):
+            if not self.writer.running:
+                log.critical("writer failed to start", extra={"fields": {"exitcode": self.writer.proc.exitcode}})
                 return EXIT_CHILD_FAILED
             if self.stop_requested.is_set():
-                writer.kill()
+                self.writer.proc.kill()
                 return EXIT_OK
-
-        topics = () if cfg.replay else cfg.topics
-        shard = self.ctx.Process(target=run_shard, name="shard-0",
-                                 args=(0, cfg, topics, writer_q, status_q, logs.queue, stop_event))
-        shard.start()
-        health.tell(ChildInfo("shard-0", "shard", shard.pid or 0, time.time_ns()))
-        shards = [shard]
+        for shard in self.shards:
+            self._start(shard)
 
         exit_code = EXIT_OK
-        next_state_ns = 0
+        next_state = 0.0
+        children = [self.writer, *self.shards]
         while True:
-            multiprocessing.connection.wait([p.sentinel for p in (*shards, writer)], timeout=0.2)
+            sentinels = [c.proc.sentinel for c in children if c.running]
+            if sentinels:
+                wait(sentinels, timeout=0.1)
+            else:
+                self.stop_requested.wait(0.1)
+            now = time.monotonic()
             if self.reopen_requested:
                 self.reopen_requested = False
-                logs.reopen()
+                self.logs.reopen()
                 log.info("log file reopened")
-            now = time.time_ns()
-            if self.dump_requested or now >= next_state_ns:
-                health.tell(SupervisorState(
-                    {p.name: {"pid": p.pid, "alive": p.is_alive(), "exitcode": p.exitcode, "restarts": 0}
-                     for p in (*shards, writer)},
-                    {"writer": {"depth": _qsize(writer_q), "capacity": cfg.writer_queue_batches}}))
-                next_state_ns = now + 1_000_000_000
-            if self.dump_requested:
-                self.dump_requested = False
-                health.tell(DumpHealth(cfg.health_file, "SIGUSR1"))
             if self.stop_requested.is_set():
                 log.info("stop requested: stopping shards, then the writer")
                 break
-            if not writer.is_alive():
-                log.critical("writer exited unexpectedly", extra={"fields": {"exitcode": writer.exitcode}})
-                exit_code = EXIT_CHILD_FAILED
+            self._detect_hangs(children, now)
+            escalate = self._handle_exits(children, now)
+            if escalate is not None:
+                exit_code = escalate
                 break
-            ended = [p for p in shards if not p.is_alive()]
-            if ended:
-                if cfg.replay and all(p.exitcode == 0 for p in ended) and len(ended) == len(shards):
-                    log.info("replay finished")
-                    break
-                if any(p.exitcode != 0 for p in ended):
-                    for p in ended:
-                        log.error("shard exited", extra={"fields": {"shard": p.name, "exitcode": p.exitcode}})
-                    exit_code = EXIT_CHILD_FAILED
-                    break
-        return self._shutdown(shards, writer, writer_q, stop_event, exit_code)
+            for child in children:
+                if not child.running and not child.finished and child.policy.due(now):
+                    log.warning("restarting", extra={"fields": {
+                        "child": child.name, "attempt": child.policy.attempt, "breaker": child.policy.breaker,
+                        "last_error": child.policy.last_error}})
+                    child.policy.on_restart(now)
+                    self._start(child)
+                elif child.running:
+                    heard = all(now - child.heartbeats.get(a, 0.0) < cfg.heartbeat_timeout_s
+                                for a in child.expected_actors)
+                    child.policy.on_health(now, heard and (child.role == "writer" or child.synced))
+            if cfg.replay and all(s.finished for s in self.shards):
+                log.info("replay finished")
+                break
+            if self.dump_requested or now >= next_state:
+                self.health.tell(SupervisorState(
+                    {c.name: {"role": c.role, "pid": c.proc.pid if c.proc else None, "alive": c.running,
+                              "exitcode": c.proc.exitcode if c.proc else None, **c.policy.snapshot(now)}
+                     for c in children}, {}))
+                next_state = now + 1.0
+            if self.dump_requested:
+                self.dump_requested = False
+                self.health.tell(DumpHealth(cfg.health_file, "SIGUSR1"))
+        return self._shutdown(exit_code)
 
-    def _shutdown(self, shards: list[Any], writer: Any, writer_q: Any, stop_event: Any, exit_code: int) -> int:
-        deadline = time.monotonic() + self.cfg.shutdown_deadline_s
-        stop_event.set()
-        for p in shards:
-            p.join(timeout=max(0.1, deadline - time.monotonic()))
-            if p.is_alive():
-                log.error("shard did not stop in time; killing it", extra={"fields": {"shard": p.name}})
-                p.kill()
-                p.join(timeout=5.0)
+    def _detect_hangs(self, children: list[Child], now: float) -> None:
+        """``is_alive()`` cannot see a hung actor; one silent past the deadline fails its whole process."""
+        timeout = self.cfg.heartbeat_timeout_s
+        for child in children:
+            if not child.running or now - child.started_mono < timeout:
+                continue
+            for actor in child.expected_actors:
+                last = child.heartbeats.get(actor, child.started_mono)
+                if now - last > timeout:
+                    child.hang_reason = f"hung: actor {actor} sent no heartbeat for {now - last:.1f}s"
+                    log.error("child hung; killing it", extra={"fields": {
+                        "child": child.name, "actor": actor, "silent_s": round(now - last, 1)}})
+                    child.proc.kill()
+                    child.proc.join(timeout=5.0)
+                    break
+
+    def _handle_exits(self, children: list[Child], now: float) -> int | None:
+        """Apply each exited child's policy; returns an exit code when the tree must stop."""
+        for child in children:
+            proc = child.proc
+            if proc is None or child.exit_handled or proc.is_alive():
+                continue
+            child.exit_handled = True
+            code = proc.exitcode
+            retry_after = None
+            if code == EXIT_RATE_LIMITED and child.retry_after is not None:
+                retry_after = float(child.retry_after.value) or None
+            error = child.hang_reason or (f"exit code {code}" if code else None)
+            decision = child.policy.on_exit(now, abnormal=code != 0, error=error, retry_after_s=retry_after)
+            fields = {"child": child.name, "exitcode": code, "action": decision.action,
+                      "attempt": decision.attempt, "delay_s": round(decision.delay_s, 3),
+                      "breaker": decision.breaker, "reason": decision.reason, "error": error}
+            if decision.action == ESCALATE:
+                log.critical("escalating: stopping everything", extra={"fields": fields})
+                return EXIT_ESCALATED
+            if decision.action == RESTART:
+                log.warning("child exited; restart scheduled", extra={"fields": fields})
+            else:
+                child.finished = True
+                log.info("child finished", extra={"fields": fields})
+                if child is self.writer:
+                    return EXIT_CHILD_FAILED
+        return None
+
+    def _shutdown(self, exit_code: int) -> int:
+        deadline = time.monotonic() + self.cfg.shutdown_deadline_s + 5.0
+        for child in self.shards:
+            _send_stop(child)
+        for child in self.shards:
+            if child.proc is None:
+                continue
+            child.proc.join(timeout=max(0.1, deadline - time.monotonic()))
+            if child.proc.is_alive():
+                log.error("shard did not stop in time; killing it", extra={"fields": {"shard": child.name}})
+                child.proc.kill()
+                child.proc.join(timeout=5.0)
                 exit_code = exit_code or EXIT_CHILD_FAILED
-        if writer.is_alive():
-            try:
-                writer_q.put(StopWriter("shutdown"), timeout=max(1.0, deadline - time.monotonic()))
-            except queue.Full:
-                log.error("writer queue full at shutdown")
-            writer.join(timeout=max(30.0, deadline - time.monotonic()))
-            if writer.is_alive():
+        w = self.writer
+        if w.running:
+            _send_stop(w)
+            w.proc.join(timeout=max(30.0, deadline - time.monotonic()))
+            if w.proc.is_alive():
                 log.critical("writer did not stop in time; killing it (uncommitted batches are lost)")
-                writer.kill()
-                writer.join(timeout=5.0)
+                w.proc.kill()
+                w.proc.join(timeout=5.0)
                 exit_code = exit_code or EXIT_CHILD_FAILED
-            elif writer.exitcode != 0:
+            elif w.proc.exitcode != 0:
                 exit_code = exit_code or EXIT_CHILD_FAILED
         log.info("stopped", extra={"fields": {"exit_code": exit_code}})
         return exit_code
 
 
-def _qsize(q: Any) -> int | None:
-    try:
-        return int(q.qsize())
-    except NotImplementedError:  # macOS
-        return None
-
-
-def _pump_status(status_q: Any, health: pykka.ActorRef[Any], stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            msg = status_q.get(timeout=0.2)
-        except queue.Empty:
-            continue
-        except (EOFError, OSError):
-            return
-        try:
-            health.tell(msg)
-        except pykka.ActorDeadError:
-            return
+def _send_stop(child: Child) -> None:
+    if child.ctl is not None and child.running:
+        with contextlib.suppress(OSError):
+            child.ctl.send("stop")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

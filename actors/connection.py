@@ -18,10 +18,12 @@ from typing import Any
 import pykka
 import websocket
 
+from actors.reporting import Reporter
 from messages.control import Begin, ReaderExited, Reconnect, Resubscribe, ServerReply, Tick
 from messages.frames import RawFrames, SessionEnded, SessionStarted
 from recorder.backoff import Backoff
 from recorder.config import RecorderConfig
+from recorder.faults import Faults
 from recorder.protocol import ping_request, subscribe_requests
 
 log = logging.getLogger("actors.connection")
@@ -33,8 +35,10 @@ class ConnectionActor(pykka.ThreadingActor):
     """Owns the websocket of one shard. Messages: Begin, Tick, Resubscribe, Reconnect, ServerReply."""
 
     def __init__(self, cfg: RecorderConfig, shard_id: int, topics: tuple[str, ...],
-                 on_fatal: Callable[[str], None]) -> None:
+                 on_fatal: Callable[..., None], reporter: Reporter, faults: Faults) -> None:
         super().__init__()
+        self.reporter = reporter
+        self.fault = faults.for_actor("connection")
         self.cfg = cfg
         self.shard_id = shard_id
         self.topics = topics
@@ -55,11 +59,16 @@ class ConnectionActor(pykka.ThreadingActor):
 
     # -- pykka hooks ---------------------------------------------------------------------------------
 
+    def on_start(self) -> None:
+        if self.fault is not None:
+            self.fault.on_start()
+
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ReaderExited):
             self._on_reader_exit(message)
         elif isinstance(message, Tick):
             self._on_tick(message.now_ns)
+            self.reporter.maybe(message.now_ns, self.status())
         elif isinstance(message, Resubscribe):
             self._resubscribe(message.topic)
         elif isinstance(message, Reconnect):
@@ -96,6 +105,12 @@ class ConnectionActor(pykka.ThreadingActor):
         except Exception as exc:
             self.stats["connect_failures"] += 1
             self.last_error = f"connect {url}: {exc!r}"
+            if isinstance(exc, websocket.WebSocketBadStatusException) and exc.status_code == 429:
+                # Rate limited: reconnecting here would make it worse. The supervisor opens this shard's
+                # breaker at once and waits at least Retry-After.
+                self.stopping = True
+                self.on_fatal(f"HTTP 429 on the websocket handshake: {url}", _retry_after_s(exc))
+                return
             self._schedule_reconnect(attempt, self.last_error)
             return
         # A silent socket (no data, no pong) for this long is a dead socket.
@@ -154,7 +169,13 @@ class ConnectionActor(pykka.ThreadingActor):
             return
         self.last_error = msg.reason
         log.warning("disconnected", extra={"fields": {"shard": self.shard_id, "session": msg.session_id,
-                                                      "reason": msg.reason}})
+                                                      "reason": msg.reason, "graceful": msg.graceful}})
+        if msg.graceful:
+            # A server's orderly close (maintenance, rebalancing) is not a failure: reconnect at once.
+            self.failures = 0
+            self._connect(1)
+            if self.ws is not None:
+                return
         self._schedule_reconnect(1, msg.reason)
 
     def _on_tick(self, now_ns: int) -> None:
@@ -170,6 +191,8 @@ class ConnectionActor(pykka.ThreadingActor):
             self.last_error = f"ping: {exc!r}"
 
     def _on_reply(self, reply: ServerReply) -> None:
+        if self.fault is not None:
+            self.fault.on_message()
         if reply.kind == "pong":
             self.stats["pongs"] += 1
             # A session that answers pings is healthy: the next failure starts the backoff afresh.
@@ -215,6 +238,14 @@ class ConnectionActor(pykka.ThreadingActor):
         return {**self.stats, "session": self.session_id, "connected": self.ws is not None,
                 "consecutive_failures": self.failures, "last_error": self.last_error,
                 "url": self.cfg.url, "topics": len(self.topics)}
+
+
+def _retry_after_s(exc: websocket.WebSocketBadStatusException) -> float:
+    headers = {k.lower(): v for k, v in (exc.resp_headers or {}).items()}
+    try:
+        return max(1.0, float(headers.get("retry-after", "")))
+    except ValueError:
+        return 60.0  # no usable Retry-After: wait a minute rather than hammer the endpoint
 
 
 def _tell_quietly(ref: pykka.ActorRef[Any], msg: object) -> None:

@@ -13,10 +13,12 @@ from actors.reporting import Reporter
 from messages.book import BookUpdate, ParsedBatch
 from messages.control import Resubscribe, Tick
 from messages.frames import EndOfStream, SessionEnded, SessionStarted
-from messages.writer import GapRecord, RowBatch, ShardDone
+from messages.writer import GapRecord
 from recorder.bookkeeper import BookKeeper
 from recorder.config import RecorderConfig
+from recorder.faults import Faults
 from recorder.logs import RateLimited
+from recorder.writer_link import WriterLink
 
 log = logging.getLogger("actors.features")
 
@@ -24,7 +26,7 @@ log = logging.getLogger("actors.features")
 class FeaturesActor(pykka.ThreadingActor):
     """Flushes a batch when it holds ``buffer_size`` rows or its oldest row is ``write_interval`` old.
 
-    The put on the bounded writer queue blocks when the writer lags: backpressure reaches the parser's
+    The put on the bounded writer link blocks when the writer lags: backpressure reaches the parser's
     inbox (live) or the replay reader's credits (replay) instead of growing memory here.
     """
 
@@ -32,17 +34,19 @@ class FeaturesActor(pykka.ThreadingActor):
         self,
         cfg: RecorderConfig,
         shard_id: int,
-        writer_q: Any,
+        link: WriterLink,
         *,
         connection: pykka.ActorRef[Any] | None,
         credits: threading.Semaphore | None,
         end_of_stream: threading.Event,
         reporter: Reporter,
+        faults: Faults,
     ) -> None:
         super().__init__()
+        self.fault = faults.for_actor("features")
         self.cfg = cfg
         self.shard_id = shard_id
-        self.writer_q = writer_q
+        self.link = link
         self.connection = connection
         self.credits = credits
         self.end_of_stream = end_of_stream
@@ -63,8 +67,14 @@ class FeaturesActor(pykka.ThreadingActor):
         self.rate = RateLimited(10.0)
         self.pending_resync: set[str] = set()
 
+    def on_start(self) -> None:
+        if self.fault is not None:
+            self.fault.on_start()
+
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ParsedBatch):
+            if self.fault is not None:
+                self.fault.on_message()
             self._apply(message)
             if self.credits is not None:
                 self.credits.release()
@@ -125,18 +135,20 @@ class FeaturesActor(pykka.ThreadingActor):
             return
         # Any snapshot since the resync request closed the gap; allow new requests for those topics.
         self.pending_resync = {t for t in self.pending_resync if not self.keeper.topics[t].synced}
-        batch = RowBatch(self.shard_id, tuple(self.rows), tuple(self.gaps))
+        rows, gaps = tuple(self.rows), tuple(self.gaps)
         self.rows = []
         self.gaps = []
-        self.writer_q.put(batch)
+        self.link.put(rows, gaps, self.shard_id)  # blocks while the link is full: backpressure
         self.batches_sent += 1
-        self.rows_sent += len(batch.rows)
+        self.rows_sent += len(rows)
 
     def status(self) -> dict[str, object]:
+        link = self.link
         return {"topics": self.keeper.snapshot_stats(), "rows_sent": self.rows_sent,
-                "batches_sent": self.batches_sent, "rows_buffered": len(self.rows)}
+                "batches_sent": self.batches_sent, "rows_buffered": len(self.rows),
+                "writer_link": {"depth": link.depth(), "capacity": link.capacity, "acked": link.acked,
+                                "reconnects": link.reconnects, "resent": link.resent}}
 
     def on_stop(self) -> None:
         self._flush()
-        self.writer_q.put(ShardDone(self.shard_id))
         self.reporter.maybe(time.time_ns(), self.status(), force=True)

@@ -12,6 +12,7 @@ from actors.reporting import Reporter
 from messages.book import BookUpdate, ParsedBatch, RejectedFrame
 from messages.control import ServerReply, Tick
 from messages.frames import EndOfStream, RawFrames, SessionEnded, SessionStarted
+from recorder.faults import Faults
 from recorder.logs import RateLimited
 from recorder.protocol import BOOK, OTHER_TOPIC, REJECT, REPLY, Reply, classify
 
@@ -31,8 +32,10 @@ class ParserActor(pykka.ThreadingActor):
         symbols: frozenset[str] | None,
         depth: int | None,
         reporter: Reporter,
+        faults: Faults,
     ) -> None:
         super().__init__()
+        self.fault = faults.for_actor("parser")
         self.features = features
         self.connection = connection
         # Live: only subscribed topics are ours. Replay: topics come from the file, optionally filtered.
@@ -43,8 +46,14 @@ class ParserActor(pykka.ThreadingActor):
         self.counts: dict[str, int] = {"frames": 0, "book": 0, "reply": 0, "other_topic": 0, "filtered": 0}
         self.rate = RateLimited(10.0)
 
+    def on_start(self) -> None:
+        if self.fault is not None:
+            self.fault.on_start()
+
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, RawFrames):
+            if self.fault is not None:
+                self.fault.on_message()
             self._parse(message)
         elif isinstance(message, Tick):
             self.reporter.maybe(message.now_ns, self.status())

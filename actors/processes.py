@@ -1,8 +1,9 @@
 """Entry points of the spawned child processes: a shard (source -> parser -> features) and the writer.
 
-Children ignore SIGINT and SIGTERM: a Ctrl-C or a service manager's SIGTERM reaches the whole process
-group, and the root alone decides the order of shutdown (sources first, writer last). A child whose root
-disappeared stops by itself.
+Each child gets two pipes of its own from the root: ``ctl`` (root -> child: "stop"; EOF means the root is
+gone) and ``uplink`` (child -> root: log records and status reports). Children ignore SIGINT and SIGTERM:
+a Ctrl-C or a service manager's SIGTERM reaches the whole process group, and the root alone decides the
+order of shutdown (shards first, writer last).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
 import time
+from multiprocessing.connection import Connection, Listener, wait
 from typing import Any
 
 import pykka
@@ -24,24 +25,40 @@ from actors.features import FeaturesActor
 from actors.parser import ParserActor
 from actors.replay import ReplayActor
 from actors.reporting import Reporter
-from actors.writer import WriterActor
+from actors.writer import WriteBatch, WriterActor
 from messages.control import Begin, Tick
-from messages.writer import RowBatch, ShardDone, StopWriter
+from messages.writer import RowBatch
 from recorder.config import RecorderConfig
+from recorder.faults import Faults
 from recorder.logs import child_logging
+from recorder.uplink import Uplink
+from recorder.writer_link import WriterLink
 
 log = logging.getLogger("actors.processes")
 
 TICK_S = 0.02
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_DB = 3
+EXIT_RATE_LIMITED = 4
 
 
-def _child_setup(log_q: Any, level: str, role: str) -> int:
+def _child_setup(uplink_conn: Connection, level: str, role: str) -> Uplink:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    child_logging(log_q, level, role)
-    return os.getppid()
+    uplink = Uplink(uplink_conn)
+    child_logging(uplink, level, role)
+    return uplink
+
+
+def _stop_requested(ctl: Connection, timeout: float) -> str | None:
+    """"stop" from the root, or "root gone" when its end of the pipe closed; None otherwise."""
+    try:
+        if ctl.poll(timeout):
+            return str(ctl.recv())
+    except (EOFError, OSError):
+        return "root gone"
+    return None
 
 
 def _ticker(refs: list[pykka.ActorRef[Any]], stop: threading.Event) -> None:
@@ -52,34 +69,44 @@ def _ticker(refs: list[pykka.ActorRef[Any]], stop: threading.Event) -> None:
                 ref.tell(tick)
 
 
-def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], writer_q: Any, status_q: Any,
-              log_q: Any, stop_event: Any) -> None:
-    """Shard process: one source (websocket or replay file) and its parser and features actors."""
-    parent = _child_setup(log_q, cfg.log_level, f"shard-{shard_id}")
+def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], writer_address: str,
+              ctl: Connection, uplink_conn: Connection, retry_after: Any) -> None:
+    """Shard process: one source (websocket or replay file), its parser and features actors.
+
+    The shard is the unit of failure: if any of its actors dies (including in ``on_start``), the process
+    stops the others and exits 1, and the root restarts it under its restart policy; the new connection
+    subscribes afresh, so every book is rebuilt from a fresh snapshot.
+    """
+    uplink = _child_setup(uplink_conn, cfg.log_level, f"shard-{shard_id}")
+    faults = Faults.from_env()
     fatal: list[str] = []
     fatal_event = threading.Event()
 
-    def on_fatal(reason: str) -> None:
+    def on_fatal(reason: str, retry_after_s: float | None = None) -> None:
+        if retry_after_s is not None:
+            retry_after.value = retry_after_s
         fatal.append(reason)
         fatal_event.set()
 
     end_of_stream = threading.Event()
     replay = cfg.replay is not None
     credits = threading.Semaphore(4) if replay else None
+    link = WriterLink(writer_address, capacity=cfg.writer_queue_batches)
 
     if replay:
         source = ReplayActor.start(cfg.replay, credits, on_fatal)
     else:
-        source = ConnectionActor.start(cfg, shard_id, topics, on_fatal)
+        source = ConnectionActor.start(cfg, shard_id, topics, on_fatal,
+                                       Reporter(uplink, "shard", "connection", shard_id), faults)
     features = FeaturesActor.start(
-        cfg, shard_id, writer_q, connection=None if replay else source, credits=credits,
-        end_of_stream=end_of_stream, reporter=Reporter(status_q, "shard", "features", shard_id))
+        cfg, shard_id, link, connection=None if replay else source, credits=credits,
+        end_of_stream=end_of_stream, reporter=Reporter(uplink, "shard", "features", shard_id), faults=faults)
     parser = ParserActor.start(
         features, None if replay else source,
         topics=None if replay else frozenset(topics),
         symbols=frozenset(cfg.symbols) if replay and cfg.replay_filter_symbols else None,
         depth=cfg.orderbook_depth if replay and cfg.replay_filter_depth else None,
-        reporter=Reporter(status_q, "shard", "parser", shard_id))
+        reporter=Reporter(uplink, "shard", "parser", shard_id), faults=faults)
     actors = [source, parser, features]
     ticker_stop = threading.Event()
     ticker = threading.Thread(target=_ticker, args=([parser, features] if replay else actors, ticker_stop),
@@ -88,76 +115,102 @@ def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], write
     source.tell(Begin(parser))
     log.info("shard started", extra={"fields": {"shard": shard_id, "topics": len(topics),
                                                 "source": cfg.replay or cfg.url}})
-
-    while True:
-        if stop_event.wait(0.1) or end_of_stream.is_set() or fatal_event.is_set():
-            break
-        if os.getppid() != parent:
-            on_fatal("root process went away")
-            break
-        dead = [name for name, ref in zip(("source", "parser", "features"), actors, strict=True)
-                if not ref.is_alive()]
-        if dead:
+    why = None
+    while why is None:
+        why = _stop_requested(ctl, 0.05)
+        if end_of_stream.is_set():
+            why = "end of stream"
+        elif fatal_event.is_set():
+            why = fatal[0]
+        elif dead := [n for n, r in zip(("source", "parser", "features"), actors, strict=True) if not r.is_alive()]:
             on_fatal(f"actor(s) died: {', '.join(dead)}")
-            break
+            why = fatal[0]
 
     # Reverse of the data flow: the source closes (draining what the server already sent), then the
-    # parser and features finish their inboxes; features flushes and tells the writer it is done.
-    deadline = cfg.shutdown_deadline_s
+    # parser and features finish their inboxes; features flushes into the writer link, which waits until
+    # the writer acknowledged (committed) every batch.
     ticker_stop.set()
     for ref in actors:
         try:
-            ref.stop(block=True, timeout=deadline)
+            ref.stop(block=True, timeout=cfg.shutdown_deadline_s)
         except pykka.Timeout:
             log.error("actor did not stop in time", extra={"fields": {"shard": shard_id}})
         except pykka.ActorDeadError:
             pass
+    lost = link.close(timeout_s=cfg.shutdown_deadline_s)
+    if lost:
+        log.error("batches not committed at exit", extra={"fields": {"shard": shard_id, "batches": lost}})
     if fatal:
         log.error("shard failed", extra={"fields": {"shard": shard_id, "reason": fatal[0]}})
         pykka.ActorRegistry.stop_all(block=True, timeout=2.0)
-        sys.exit(EXIT_FAILED)
-    log.info("shard stopped", extra={"fields": {"shard": shard_id}})
+        sys.exit(EXIT_RATE_LIMITED if retry_after.value > 0 else EXIT_FAILED)
+    log.info("shard stopped", extra={"fields": {"shard": shard_id, "why": why}})
+    sys.exit(EXIT_FAILED if lost else EXIT_OK)
 
 
-def run_writer(cfg: RecorderConfig, writer_q: Any, status_q: Any, log_q: Any, ready: Any) -> None:
-    """Writer process: pumps batches from the bounded queue to the WriterActor until the stop marker."""
-    parent = _child_setup(log_q, cfg.log_level, "writer")
-    inflight = threading.Semaphore(2)
+def run_writer(cfg: RecorderConfig, address: str, ctl: Connection, uplink_conn: Connection) -> None:
+    """Writer process: accepts shard links, hands batches to the WriterActor, acks after each commit."""
+    uplink = _child_setup(uplink_conn, cfg.log_level, "writer")
+    faults = Faults.from_env()
+    inflight = threading.Semaphore(4)
     try:
-        writer = WriterActor.start(cfg, inflight, Reporter(status_q, "writer", "writer", None))
+        writer = WriterActor.start(cfg, inflight, Reporter(uplink, "writer", "writer", None), faults)
     except Exception:
         log.critical("cannot open the database", exc_info=True, extra={"fields": {"db_path": cfg.db_path}})
-        sys.exit(3)
-    ready.set()
-    shards_done = 0
-    stopping = None
+        sys.exit(EXIT_DB)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(address)  # left by a killed predecessor
+    listener = Listener(address, family="AF_UNIX", backlog=64)
+    accepted: list[Connection] = []
+    lock = threading.Lock()
+
+    def accept_loop() -> None:
+        while True:
+            try:
+                conn = listener.accept()
+            except OSError:
+                return
+            with lock:
+                accepted.append(conn)
+
+    threading.Thread(target=accept_loop, name="writer-accept", daemon=True).start()
+    uplink.put("ready")
+    conns: list[Connection] = []
+    stopping: str | None = None
+    next_tick = 0.0
     while True:
-        try:
-            item = writer_q.get(timeout=0.2)
-        except queue.Empty:
-            item = None
+        with lock:
+            conns += accepted
+            accepted.clear()
+        if stopping is None:
+            stopping = _stop_requested(ctl, 0.0)
+        if stopping is not None and not conns:
+            break
+        for conn in wait(conns, timeout=0.05) if conns else ():
+            try:
+                batch = conn.recv()  # type: ignore[union-attr]
+            except (EOFError, OSError):
+                conns.remove(conn)  # type: ignore[arg-type]
+                continue
+            if not isinstance(batch, RowBatch):
+                continue
+            while not inflight.acquire(timeout=0.5):
+                if not writer.is_alive():
+                    break
+            writer.tell(WriteBatch(batch, conn))
         if not writer.is_alive():
             log.critical("writer actor died; exiting so that the supervisor restarts the writer")
             sys.exit(EXIT_FAILED)
-        if item is None:
-            if os.getppid() != parent:
-                stopping = "root process went away"
-                break
+        if not conns and stopping is None:
+            stopping = _stop_requested(ctl, 0.05)
+        now = time.monotonic()
+        if now >= next_tick:
+            next_tick = now + 0.25
             writer.tell(Tick(time.time_ns()))
-            continue
-        if isinstance(item, RowBatch):
-            while not inflight.acquire(timeout=0.5):
-                if not writer.is_alive():
-                    sys.exit(EXIT_FAILED)
-            writer.tell(item)
-        elif isinstance(item, ShardDone):
-            shards_done += 1
-        elif isinstance(item, StopWriter):
-            stopping = item.reason
-            break
+    listener.close()
     try:
         writer.stop(block=True, timeout=max(30.0, cfg.shutdown_deadline_s))
     except pykka.Timeout:
         log.critical("writer did not finish in time")
         sys.exit(EXIT_FAILED)
-    log.info("writer stopped", extra={"fields": {"reason": stopping, "shards_done": shards_done}})
+    log.info("writer stopped", extra={"fields": {"reason": stopping}})

@@ -1,10 +1,13 @@
-"""WriterActor: the only database connection; one transaction per batch."""
+"""WriterActor: the only database connection; one transaction per batch, acknowledged after commit."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 import pykka
@@ -13,30 +16,50 @@ from actors.reporting import Reporter
 from messages.control import Tick
 from messages.writer import RowBatch
 from recorder.config import RecorderConfig
+from recorder.faults import Faults
 from recorder.storage import Store
 
 log = logging.getLogger("actors.writer")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatch:
+    """Writer pump -> WriterActor: a batch and the shard link to acknowledge it on."""
+
+    batch: RowBatch
+    reply: Connection
 
 
 class WriterActor(pykka.ThreadingActor):
     """Opens (and migrates) the database in ``__init__``, which runs in the starting thread, so a bad
     path or schema fails ``start()`` loudly instead of killing the actor silently in ``on_start``."""
 
-    def __init__(self, cfg: RecorderConfig, inflight: threading.Semaphore, reporter: Reporter) -> None:
+    def __init__(self, cfg: RecorderConfig, inflight: threading.Semaphore, reporter: Reporter,
+                 faults: Faults) -> None:
         super().__init__()
         self.store = Store(cfg.db_path, cfg.table_name)
         self.inflight = inflight
         self.reporter = reporter
+        self.fault = faults.for_actor("writer")
         self.gaps_written = 0
-        self.commit_latencies_ms: list[float] = []
+
+    def on_start(self) -> None:
+        if self.fault is not None:
+            self.fault.on_start()
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, RowBatch):
+        if isinstance(message, WriteBatch):
             try:
-                self.store.write(message.rows, message.gaps)
-                self.gaps_written += len(message.gaps)
+                if self.fault is not None:
+                    self.fault.on_message()
+                batch = message.batch
+                self.store.write(batch.rows, batch.gaps)
+                self.gaps_written += len(batch.gaps)
             finally:
                 self.inflight.release()
+            # Only now may the shard forget the batch; a shard that died meanwhile needs no ack.
+            with contextlib.suppress(OSError, ValueError):
+                message.reply.send(batch.batch_no)
         elif isinstance(message, Tick):
             self.reporter.maybe(message.now_ns, self.status())
         return None

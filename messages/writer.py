@@ -1,4 +1,4 @@
-"""What crosses the bounded queue to the writer process: batches, never single rows."""
+"""What crosses to the writer process: batches, never single rows."""
 
 from __future__ import annotations
 
@@ -27,18 +27,5 @@ class RowBatch:
 
     shard_id: int
     rows: tuple[tuple[object, ...], ...]
-    gaps: tuple[GapRecord, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ShardDone:
-    """A shard flushed everything it had; the writer may stop once every shard said so."""
-
-    shard_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class StopWriter:
-    """The root's stop marker: flush, commit, close."""
-
-    reason: str
+    gaps: tuple[GapRecord, ...]
+    batch_no: int  # per shard incarnation; the writer acknowledges it after the commit

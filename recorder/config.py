@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from recorder.endpoints import CATEGORIES, LIVE_DEPTHS, NETWORKS, public_ws_url
+from recorder.restart_policy import RESTART_TYPES, PolicyConfig
 
 ENV_PREFIX = "L2REC_"
 EX_CONFIG = 78
@@ -56,6 +57,20 @@ class RecorderConfig:
     ping_interval_s: float = 20.0
     subscribe_batch_args: int = 10
     shutdown_deadline_s: float = 15.0
+    symbols_per_shard: int = 50
+    heartbeat_timeout_s: float = 30.0
+    restart_backoff_min_s: float = 0.5
+    restart_backoff_max_s: float = 60.0
+    restart_backoff_factor: float = 2.0
+    restart_backoff_jitter: float = 0.2
+    restart_reset_after_s: float = 30.0
+    restart_max_restarts: int = 5
+    restart_period_s: float = 60.0
+    breaker_cooldown_s: float = 30.0
+    breaker_cooldown_max_s: float = 900.0
+    breaker_escalate_after_reopens: int = 3
+    shard_restart: str = "permanent"
+    writer_restart: str = "permanent"
     replay: str | None = None
     replay_filter_symbols: bool = False
     replay_filter_depth: bool = False
@@ -71,6 +86,21 @@ class RecorderConfig:
     @property
     def topics(self) -> tuple[str, ...]:
         return tuple(f"orderbook.{self.orderbook_depth}.{s}" for s in self.symbols)
+
+    def shard_topics(self) -> list[tuple[str, ...]]:
+        """The live topics split into shards of ``symbols_per_shard``: one connection and process each."""
+        t = self.topics
+        n = self.symbols_per_shard
+        return [t[i:i + n] for i in range(0, len(t), n)]
+
+    def policy(self, restart: str, *, critical: bool) -> PolicyConfig:
+        return PolicyConfig(
+            restart=restart, backoff_min_s=self.restart_backoff_min_s, backoff_max_s=self.restart_backoff_max_s,
+            backoff_factor=self.restart_backoff_factor, backoff_jitter=self.restart_backoff_jitter,
+            reset_after_s=self.restart_reset_after_s, max_restarts=self.restart_max_restarts,
+            period_s=self.restart_period_s, cooldown_s=self.breaker_cooldown_s,
+            cooldown_max_s=self.breaker_cooldown_max_s,
+            escalate_after_reopens=self.breaker_escalate_after_reopens, critical=critical)
 
 
 FIELDS = {f.name for f in dataclasses.fields(RecorderConfig)}
@@ -172,6 +202,20 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "ping_interval_s": lambda k, v: _as_float(k, v, 0.05, 540.0),
     "subscribe_batch_args": lambda k, v: _as_int(k, v, 1, 10),
     "shutdown_deadline_s": lambda k, v: _as_float(k, v, 0.5, 3600.0),
+    "symbols_per_shard": lambda k, v: _as_int(k, v, 1, 10_000),
+    "heartbeat_timeout_s": lambda k, v: _as_float(k, v, 0.5, 3600.0),
+    "restart_backoff_min_s": lambda k, v: _as_float(k, v, 0.0, 3600.0),
+    "restart_backoff_max_s": lambda k, v: _as_float(k, v, 0.0, 86_400.0),
+    "restart_backoff_factor": lambda k, v: _as_float(k, v, 1.0, 10.0),
+    "restart_backoff_jitter": lambda k, v: _as_float(k, v, 0.0, 1.0),
+    "restart_reset_after_s": lambda k, v: _as_float(k, v, 0.0, 86_400.0),
+    "restart_max_restarts": lambda k, v: _as_int(k, v, 0, 1_000_000),
+    "restart_period_s": lambda k, v: _as_float(k, v, 0.1, 86_400.0),
+    "breaker_cooldown_s": lambda k, v: _as_float(k, v, 0.0, 86_400.0),
+    "breaker_cooldown_max_s": lambda k, v: _as_float(k, v, 0.0, 86_400.0),
+    "breaker_escalate_after_reopens": lambda k, v: _as_int(k, v, 1, 1_000_000),
+    "shard_restart": lambda k, v: _as_choice(k, v, RESTART_TYPES),
+    "writer_restart": lambda k, v: _as_choice(k, v, RESTART_TYPES),
     "replay": _as_opt_str,
     "replay_filter_symbols": _as_bool,
     "replay_filter_depth": _as_bool,
@@ -245,6 +289,13 @@ def build_config(
 
 
 def _check(cfg: RecorderConfig, explicit: set[str]) -> RecorderConfig:
+    if cfg.restart_backoff_min_s > cfg.restart_backoff_max_s:
+        raise ConfigError("restart_backoff_min_s", cfg.restart_backoff_min_s,
+                          f"must not exceed restart_backoff_max_s ({cfg.restart_backoff_max_s})")
+    if cfg.heartbeat_timeout_s <= cfg.connect_timeout_s:
+        raise ConfigError("heartbeat_timeout_s", cfg.heartbeat_timeout_s,
+                          f"must exceed connect_timeout_s ({cfg.connect_timeout_s}): a connect blocks the "
+                          "connection actor that long")
     if cfg.reconnect_delay > cfg.reconnect_delay_max_s:
         raise ConfigError("reconnect_delay", cfg.reconnect_delay,
                           f"must not exceed reconnect_delay_max_s ({cfg.reconnect_delay_max_s})")

@@ -1,4 +1,4 @@
-"""Logging across processes: children put records on a queue; the root formats and writes them.
+"""Logging across processes: children send records up their uplink pipe; the root formats and writes them.
 
 The log file gets one JSON object per line (ts, level, role, logger, event, fields); stderr gets readable
 text. Hot paths never log per message: they count, and the counters go to the health dump.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
-import multiprocessing
-import os
 import sys
 import time
 from typing import Any
@@ -74,43 +72,47 @@ class ReopenableFileHandler(logging.FileHandler):
 
 
 class RootLogging:
-    """The root's log listener: the one place where records from all processes are written."""
+    """The root's log sink: the one place where records from all processes are formatted and written."""
 
     def __init__(self, level: str, log_file: str | None) -> None:
-        self.queue: multiprocessing.Queue[logging.LogRecord] = multiprocessing.get_context("spawn").Queue()
-        handlers: list[logging.Handler] = []
+        self.handlers: list[logging.Handler] = []
         err = logging.StreamHandler(sys.stderr)
         err.setFormatter(TextFormatter("%(asctime)s %(levelname)s [%(role)s] %(name)s: %(message)s"))
-        handlers.append(err)
+        self.handlers.append(err)
         self.file_handler: ReopenableFileHandler | None = None
         if log_file:
             self.file_handler = ReopenableFileHandler(log_file, encoding="utf-8")
             self.file_handler.setFormatter(JsonFormatter())
-            handlers.append(self.file_handler)
-        self.listener = logging.handlers.QueueListener(self.queue, *handlers, respect_handler_level=False)
-        self.level = getattr(logging, level)
+            self.handlers.append(self.file_handler)
         root = logging.getLogger()
-        root.handlers[:] = [logging.handlers.QueueHandler(self.queue)]
-        root.handlers[0].addFilter(_RoleFilter("root"))
-        root.setLevel(self.level)
-        self.listener.start()
+        root.handlers[:] = self.handlers
+        for h in self.handlers:
+            h.addFilter(_RoleFilter("root"))
+        root.setLevel(getattr(logging, level))
+
+    def handle(self, record: logging.LogRecord) -> None:
+        """Write a record that came from a child (already filtered by the child's level)."""
+        for h in self.handlers:
+            h.handle(record)
 
     def reopen(self) -> None:
         if self.file_handler is not None:
             self.file_handler.reopen()
 
     def stop(self) -> None:
-        self.listener.stop()
+        for h in self.handlers:
+            h.flush()
+        if self.file_handler is not None:
+            self.file_handler.close()
 
 
-def child_logging(queue: multiprocessing.Queue[logging.LogRecord], level: str, role: str) -> None:
-    """Route every record of this (spawned) process to the root's queue, tagged with ``role``."""
-    handler = logging.handlers.QueueHandler(queue)
+def child_logging(uplink: Any, level: str, role: str) -> None:
+    """Route every record of this (spawned) process to the root through ``uplink``, tagged with ``role``."""
+    handler = logging.handlers.QueueHandler(uplink)
     handler.addFilter(_RoleFilter(role))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level))
-    os.environ.setdefault("L2REC_ROLE", role)
 
 
 class RateLimited:
