@@ -112,7 +112,10 @@ def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], write
     ticker = threading.Thread(target=_ticker, args=([parser, features] if replay else actors, ticker_stop),
                               name="ticker", daemon=True)
     ticker.start()
-    source.tell(Begin(parser))
+    try:
+        source.tell(Begin(parser))
+    except pykka.ActorDeadError:
+        on_fatal("actor(s) died: source (in on_start)")
     log.info("shard started", extra={"fields": {"shard": shard_id, "topics": len(topics),
                                                 "source": cfg.replay or cfg.url}})
     why = None
@@ -130,6 +133,7 @@ def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], write
     # parser and features finish their inboxes; features flushes into the writer link, which waits until
     # the writer acknowledged (committed) every batch.
     ticker_stop.set()
+    dead = [n for n, r in zip(("source", "parser", "features"), actors, strict=True) if not r.is_alive()]
     for ref in actors:
         try:
             ref.stop(block=True, timeout=cfg.shutdown_deadline_s)
@@ -141,7 +145,7 @@ def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], write
     if lost:
         log.error("batches not committed at exit", extra={"fields": {"shard": shard_id, "batches": lost}})
     if fatal:
-        log.error("shard failed", extra={"fields": {"shard": shard_id, "reason": fatal[0]}})
+        log.error("shard failed", extra={"fields": {"shard": shard_id, "reason": fatal[0], "dead_actors": dead}})
         pykka.ActorRegistry.stop_all(block=True, timeout=2.0)
         sys.exit(EXIT_RATE_LIMITED if retry_after.value > 0 else EXIT_FAILED)
     log.info("shard stopped", extra={"fields": {"shard": shard_id, "why": why}})

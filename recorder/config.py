@@ -266,8 +266,13 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, object]:
     return _normalise(data, f"config file {p}")
 
 
+# L2REC_* variables that are not config keys: test hooks (recorder.faults) and the live-test opt-in.
+RESERVED_ENV = frozenset({"FAULTS", "FAULTS_STATE", "LIVE_TESTS"})
+
+
 def from_env(environ: Mapping[str, str]) -> dict[str, object]:
-    raw = {k[len(ENV_PREFIX):]: v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
+    raw = {k[len(ENV_PREFIX):]: v for k, v in environ.items()
+           if k.startswith(ENV_PREFIX) and k[len(ENV_PREFIX):] not in RESERVED_ENV}
     return _normalise(raw, f"environment ({ENV_PREFIX}*)", ENV_PREFIX)
 
 

@@ -124,7 +124,10 @@ def test_health_dump_on_sigusr1_while_recording(server: FakeBybit, tmp_path: Pat
     rec = RecorderProcess(tmp_path, server.url, SYMBOLS)
     try:
         rec.wait_rows(100)
-        dump = wait_for(lambda: (d := rec.dump()) and len(d["topics"]) == 2 and d, 30, "a dump with 2 topics")
+        # reports reach the root about once a second: wait for a dump that has both topics and commits
+        dump = wait_for(lambda: (d := rec.dump()) and len(d["topics"]) == 2
+                        and d["actors"].get("writer:writer", {}).get("rows_committed", 0) > 0 and d, 30,
+                        "a dump with 2 topics and committed rows")
         rows_before = rec.row_count()
         rec.wait_rows(rows_before + 50)  # recording goes on after the dump
         assert rec.stop() == 0

@@ -1,0 +1,469 @@
+"""Tests of the fake Bybit v5 server and its synthetic book: the fake must itself be right before other
+tests trust it. Every wait has a deadline (recv timeouts, FakeBybit.wait_for); no sleeps."""
+
+from __future__ import annotations
+
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosedError
+from websockets.sync.client import ClientConnection, connect
+
+try:
+    from tests.fakes.bybit_server import FakeBybit
+    from tests.fakes.synthetic import SyntheticBook
+except ModuleNotFoundError:  # plain `pytest`: tests/ is on sys.path (no __init__.py), the repo root is not
+    from fakes.bybit_server import FakeBybit  # type: ignore[no-redef]
+    from fakes.synthetic import SyntheticBook  # type: ignore[no-redef]
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 3.0
+OB50 = "orderbook.50.BTCUSDT"
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def send(ws: ClientConnection, obj: dict[str, Any]) -> None:
+    ws.send(orjson.dumps(obj).decode())
+
+
+def recv_text(ws: ClientConnection, timeout: float = TIMEOUT) -> str:
+    text = ws.recv(timeout=timeout)
+    assert isinstance(text, str)  # Bybit sends text frames
+    return text
+
+
+def recv(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
+    return orjson.loads(recv_text(ws, timeout))
+
+
+def recv_until(
+    ws: ClientConnection, pred: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT
+) -> tuple[list[str], dict[str, Any]]:
+    """Frames received before the first one matching ``pred`` (raw text), and that one (parsed)."""
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while True:
+        text = recv_text(ws, max(0.01, deadline - time.monotonic()))
+        msg = orjson.loads(text)
+        if pred(msg):
+            return seen, msg
+        seen.append(text)
+
+
+def recv_data(ws: ClientConnection, n: int, timeout: float = TIMEOUT) -> list[str]:
+    """The next ``n`` data frames (raw text); fails on any reply in between."""
+    deadline = time.monotonic() + timeout
+    out: list[str] = []
+    while len(out) < n:
+        text = recv_text(ws, max(0.01, deadline - time.monotonic()))
+        assert '"topic"' in text, text
+        out.append(text)
+    return out
+
+
+def is_reply(op: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda m: "topic" not in m and m.get("op") == op
+
+
+def assert_next_is_pong(ws: ClientConnection) -> None:
+    """Ping and require the pong to be the very next frame: proves nothing else was queued before it."""
+    send(ws, {"req_id": "probe", "op": "ping"})
+    msg = recv(ws)
+    assert msg.get("ret_msg") == "pong", msg
+
+
+class Replay:
+    """A minimal client-side book that checks every invariant the real feed shows."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.bids: dict[float, float] = {}
+        self.asks: dict[float, float] = {}
+        self.u: int | None = None
+        self.seq: int | None = None
+        self.inserts = self.deletes = self.updates = self.snapshots = 0
+
+    def apply(self, msg: dict[str, Any]) -> None:
+        d = msg["data"]
+        assert isinstance(msg["ts"], int) and isinstance(msg["cts"], int) and msg["cts"] <= msg["ts"]
+        if msg["type"] == "snapshot":
+            if self.u is not None:
+                assert d["u"] >= self.u  # a resubscribe continues the counter
+            self.bids = {float(p): float(s) for p, s in d["b"]}
+            self.asks = {float(p): float(s) for p, s in d["a"]}
+            assert [float(p) for p, _ in d["b"]] == sorted(self.bids, reverse=True)
+            assert [float(p) for p, _ in d["a"]] == sorted(self.asks)
+            self.snapshots += 1
+        else:
+            assert msg["type"] == "delta"
+            assert self.u is not None, "delta before any snapshot"
+            assert d["u"] == self.u + 1
+            for side, book in (("b", self.bids), ("a", self.asks)):
+                for p, s in d[side]:
+                    price = float(p)
+                    if s == "0":
+                        assert price in book, f"orphan delete {p}"
+                        del book[price]
+                        self.deletes += 1
+                    elif price in book:
+                        self.updates += 1
+                        book[price] = float(s)
+                    else:
+                        self.inserts += 1
+                        book[price] = float(s)
+        if self.seq is not None:
+            assert d["seq"] >= self.seq if msg["type"] == "snapshot" else d["seq"] > self.seq
+        self.u, self.seq = d["u"], d["seq"]
+        assert len(self.bids) == self.depth and len(self.asks) == self.depth
+        assert max(self.bids) < min(self.asks), "crossed or locked"
+        assert all(s > 0 for s in self.bids.values()) and all(s > 0 for s in self.asks.values())
+
+    def top(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        return sorted(self.bids.items(), reverse=True), sorted(self.asks.items())
+
+
+@pytest.fixture
+def server() -> Iterator[FakeBybit]:
+    with FakeBybit(symbols=["BTCUSDT", "ETHUSDT"], interval_ms=2) as srv:
+        yield srv
+
+
+# --------------------------------------------------------------------------------------- replies
+
+
+def test_url_and_port(server: FakeBybit) -> None:
+    assert server.port > 0
+    assert server.url == f"ws://127.0.0.1:{server.port}/v5/public/linear"
+
+
+def test_subscribe_ack_shape(server: FakeBybit) -> None:
+    with connect(server.url, open_timeout=TIMEOUT) as ws:
+        send(ws, {"req_id": "s1", "op": "subscribe", "args": [OB50]})
+        raw = recv_text(ws)
+        ack = orjson.loads(raw)
+        assert list(ack) == ["success", "ret_msg", "conn_id", "req_id", "op"]
+        assert ack == {"success": True, "ret_msg": "", "conn_id": ack["conn_id"], "req_id": "s1",
+                       "op": "subscribe"}
+        assert re.fullmatch(r"[0-9a-v]{20}-[0-9a-v]{4}", ack["conn_id"])
+        # Linear key order: topic, type, ts, data, cts.
+        assert recv_text(ws).startswith('{"topic":"orderbook.50.BTCUSDT","type":"snapshot","ts":')
+        # No req_id sent: linear still echoes one, empty. A numeric one comes back as text.
+        send(ws, {"op": "subscribe", "args": ["orderbook.50.ETHUSDT"]})
+        _, ack2 = recv_until(ws, is_reply("subscribe"))
+        assert ack2 == {"success": True, "ret_msg": "", "conn_id": ack["conn_id"], "req_id": "",
+                        "op": "subscribe"}
+        send(ws, {"req_id": 7, "op": "subscribe", "args": ["orderbook.1.ETHUSDT"]})
+        _, ack3 = recv_until(ws, is_reply("subscribe"))
+        assert ack3["req_id"] == "7"
+
+
+def test_pong_shape(server: FakeBybit) -> None:
+    with connect(server.url, open_timeout=TIMEOUT) as ws:
+        send(ws, {"req_id": "100001", "op": "ping"})
+        pong = recv(ws)
+        assert pong == {"success": True, "ret_msg": "pong", "conn_id": pong["conn_id"], "req_id": "100001",
+                        "op": "ping"}
+        send(ws, {"op": "ping"})
+        assert recv(ws) == {"success": True, "ret_msg": "pong", "conn_id": pong["conn_id"], "req_id": "",
+                            "op": "ping"}
+    assert server.sent_count() == 0
+    assert len(server.sent_replies()) == 2
+
+
+def test_more_than_10_args_refuses_whole_request(server: FakeBybit) -> None:
+    topics = [f"orderbook.{d}.{s}" for d in (1, 50, 200, 1000) for s in ("BTCUSDT", "ETHUSDT")]
+    topics += ["orderbook.50.NOSUCH", "orderbook.500.BTCUSDT", "publicTrade.BTCUSDT"]
+    assert len(topics) == 11
+    with connect(server.url, open_timeout=TIMEOUT) as ws:
+        send(ws, {"req_id": "big", "op": "subscribe", "args": topics})
+        msg = recv(ws)
+        assert msg == {"success": False, "ret_msg": "args size >10", "conn_id": msg["conn_id"],
+                       "op": "subscribe"}
+        assert_next_is_pong(ws)
+        assert server.subscriptions() == []
+    assert server.sent_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("topic", "with_req_id", "ret_msg"),
+    [
+        ("orderbook.50.NOSUCHSYM", False, "Invalid symbol :[orderbook.50.NOSUCHSYM]"),
+        ("orderbook.500.BTCUSDT", True, "error:handler not found,topic:orderbook.500.BTCUSDT"),
+        ("orderbook.25.BTCUSDT", True, "error:handler not found,topic:orderbook.25.BTCUSDT"),
+        ("publicTrade.BTCUSDT", True, "error:handler not found,topic:publicTrade.BTCUSDT"),
+        ("orderbook.50", True, "error:handler not found,topic:orderbook.50"),
+    ],
+)
+def test_refused_topics(server: FakeBybit, topic: str, with_req_id: bool, ret_msg: str) -> None:
+    with connect(server.url, open_timeout=TIMEOUT) as ws:
+        send(ws, {"req_id": "r9", "op": "subscribe", "args": [topic]})
+        msg = recv(ws)
+        expected: dict[str, Any] = {"success": False, "ret_msg": ret_msg, "conn_id": msg["conn_id"]}
+        if with_req_id:
+            expected["req_id"] = "r9"
+        expected["op"] = "subscribe"
+        assert msg == expected
+        assert list(msg) == list(expected)
+        assert_next_is_pong(ws)
+    assert server.sent_count() == 0
+
+
+def test_already_subscribed(server: FakeBybit) -> None:
+    with connect(server.url, open_timeout=TIMEOUT) as ws:
+        send(ws, {"req_id": "a", "op": "subscribe", "args": [OB50]})
+        recv_until(ws, is_reply("subscribe"))
+        send(ws, {"req_id": "b", "op": "subscribe", "args": [OB50]})
+        _, msg = recv_until(ws, is_reply("subscribe"))
+        assert msg == {"success": False, "ret_msg": f"error:already subscribed,topic:{OB50}",
+                       "conn_id": msg["conn_id"], "req_id": "b", "op": "subscribe"}
+        assert server.subscriptions() == [(msg["conn_id"], OB50)]
+
+
+def test_garbage_and_unknown_op(server: FakeBybit) -> None:
+    with connect(server.url, open_timeout=TIMEOUT) as ws:
+        ws.send("not json")
+        send(ws, {"req_id": "x", "op": "fly"})
+        msg = recv(ws)
+        assert msg["success"] is False and msg["ret_msg"] == "error:invalid op" and msg["req_id"] == "x"
+        assert_next_is_pong(ws)
+    assert server.bad_requests == 2
+
+
+# ------------------------------------------------------------------------------------------ stream
+
+
+def test_snapshot_then_deltas_replay_valid() -> None:
+    n = 150
+    topics = {OB50: 50, "orderbook.200.ETHUSDT": 200, "orderbook.1.BTCUSDT": 1}
+    with FakeBybit(symbols=["BTCUSDT", "ETHUSDT"], interval_ms=1, max_frames_per_topic=n) as srv:
+        with connect(srv.url, open_timeout=TIMEOUT) as ws:
+            send(ws, {"req_id": "s", "op": "subscribe", "args": list(topics)})
+            assert recv(ws)["success"] is True
+            frames = [orjson.loads(t) for t in recv_data(ws, n * len(topics), timeout=8.0)]
+            assert_next_is_pong(ws)  # capped: nothing more comes
+        books = {t: Replay(d) for t, d in topics.items()}
+        for msg in frames:
+            books[msg["topic"]].apply(msg)
+        for topic, book in books.items():
+            assert book.snapshots == (n if topic.startswith("orderbook.1.") else 1)
+            truth = srv.book(topic)
+            assert truth is not None
+            assert book.top() == (truth.bids(), truth.asks())  # the feed is idle once capped
+        ob50 = books[OB50]
+        assert ob50.inserts > 0 and ob50.deletes > 0 and ob50.updates > ob50.inserts
+    first = next(m for m in frames if m["topic"] == OB50)
+    assert first["type"] == "snapshot"
+    for msg in frames:
+        d = msg["data"]
+        tick_dec = 2 if d["s"] == "ETHUSDT" else 1
+        for p, s in d["b"] + d["a"]:
+            assert re.fullmatch(rf"\d+\.\d{{{tick_dec}}}", p), p
+            if s == "0":
+                assert msg["type"] == "delta"
+            else:
+                assert re.fullmatch(r"\d+\.\d{3}", s), s
+        if msg["type"] == "delta":
+            assert d["b"] or d["a"], "empty delta"
+
+
+def test_sent_frames_equal_received() -> None:
+    with FakeBybit(symbols=["BTCUSDT", "ETHUSDT"], interval_ms=1, max_frames_per_topic=40) as srv:
+        with connect(srv.url, open_timeout=TIMEOUT) as ws:
+            send(ws, {"req_id": "s", "op": "subscribe", "args": [OB50, "orderbook.50.ETHUSDT"]})
+            ack = recv(ws)
+            received = recv_data(ws, 80)
+        srv.wait_for(lambda: srv.connections == 0)
+        assert srv.sent_frames() == received
+        assert srv.sent_count() == 80
+        assert srv.sent_frames(topic=OB50) == [t for t in received if orjson.loads(t)["topic"] == OB50]
+        assert srv.sent_frames(conn_id=ack["conn_id"]) == received
+        assert srv.conn_ids() == [ack["conn_id"]]
+        assert srv.sent_replies() == [orjson.dumps(ack).decode()]
+
+
+def test_unsubscribe_stops_stream_and_resubscribe_continues_u(server: FakeBybit) -> None:
+    eth = "orderbook.50.ETHUSDT"
+    with connect(server.url, open_timeout=TIMEOUT) as ws:
+        send(ws, {"req_id": "s", "op": "subscribe", "args": [OB50, eth]})
+        recv_until(ws, is_reply("subscribe"))
+        seen = [orjson.loads(t) for t in recv_data(ws, 20)]
+        send(ws, {"req_id": "u1", "op": "unsubscribe", "args": [OB50]})
+        before, ack = recv_until(ws, is_reply("unsubscribe"))
+        assert ack == {"success": True, "ret_msg": "", "conn_id": ack["conn_id"], "req_id": "u1",
+                       "op": "unsubscribe"}
+        last_u = max(m["data"]["u"] for m in seen + [orjson.loads(t) for t in before] if m["topic"] == OB50)
+        # ETH keeps streaming; BTC never shows up again.
+        after = [orjson.loads(t) for t in recv_data(ws, 30)]
+        assert all(m["topic"] == eth for m in after)
+        assert server.subscriptions() == [(ack["conn_id"], eth)]
+        send(ws, {"req_id": "s2", "op": "subscribe", "args": [OB50]})
+        recv_until(ws, is_reply("subscribe"))
+        _, snap = recv_until(ws, lambda m: m.get("topic") == OB50)
+        assert snap["type"] == "snapshot" and snap["data"]["u"] >= last_u
+        _, nxt = recv_until(ws, lambda m: m.get("topic") == OB50)
+        assert nxt["type"] == "delta" and nxt["data"]["u"] == snap["data"]["u"] + 1
+
+
+def test_two_connections_share_one_u_sequence(server: FakeBybit) -> None:
+    with connect(server.url, open_timeout=TIMEOUT) as a, connect(server.url, open_timeout=TIMEOUT) as b:
+        for ws in (a, b):
+            send(ws, {"op": "subscribe", "args": [OB50]})
+            recv_until(ws, is_reply("subscribe"))
+        ua = {orjson.loads(t)["data"]["u"] for t in recv_data(a, 20)}
+        ub = {orjson.loads(t)["data"]["u"] for t in recv_data(b, 20)}
+        assert ua & ub  # same book, same counter
+        assert server.connections == 2
+
+
+def test_max_frames_then_silence() -> None:
+    with FakeBybit(symbols=["BTCUSDT"], interval_ms=1, max_frames_per_topic=5) as srv:
+        with connect(srv.url, open_timeout=TIMEOUT) as ws:
+            send(ws, {"op": "subscribe", "args": [OB50]})
+            assert recv(ws)["success"] is True
+            frames = recv_data(ws, 5)
+            assert_next_is_pong(ws)
+            conn_id = srv.conn_ids()[0]
+            assert srv.subscriptions() == [(conn_id, OB50)]  # capped: still subscribed, just silent
+        assert srv.sent_frames() == frames
+
+
+def test_data_before_ack() -> None:
+    with (
+        FakeBybit(symbols=["BTCUSDT"], interval_ms=1, data_before_ack=3) as srv,
+        connect(srv.url, open_timeout=TIMEOUT) as ws,
+    ):
+        send(ws, {"req_id": "early", "op": "subscribe", "args": [OB50]})
+        data = [orjson.loads(t) for t in recv_data(ws, 3)]
+        assert [m["type"] for m in data] == ["snapshot", "delta", "delta"]
+        _, ack = recv_until(ws, is_reply("subscribe"))
+        assert ack["success"] is True and ack["req_id"] == "early"
+
+
+def test_drop_connections_then_reconnect(server: FakeBybit) -> None:
+    with connect(server.url, open_timeout=TIMEOUT) as ws:
+        send(ws, {"op": "subscribe", "args": [OB50]})
+        ack = recv(ws)
+        last_u = orjson.loads(recv_data(ws, 3)[-1])["data"]["u"]
+        assert server.drop_connections() == 1
+        with pytest.raises(ConnectionClosedError) as info:
+            recv_until(ws, lambda m: False)
+        assert info.value.rcvd is None  # no close frame: an abnormal closure (1006)
+    server.wait_for(lambda: server.connections == 0)
+    with connect(server.url, open_timeout=TIMEOUT) as ws:
+        send(ws, {"op": "subscribe", "args": [OB50]})
+        ack2 = recv(ws)
+        assert ack2["conn_id"] != ack["conn_id"]
+        snap = orjson.loads(recv_data(ws, 1)[0])
+        assert snap["type"] == "snapshot" and snap["data"]["u"] >= last_u
+    assert server.total_connections == 2
+
+
+def test_client_close_stops_sending(server: FakeBybit) -> None:
+    with connect(server.url, open_timeout=TIMEOUT) as ws:
+        send(ws, {"op": "subscribe", "args": [OB50]})
+        recv(ws)
+        received = recv_data(ws, 10)
+    # Clean close handshake done (the context manager waited for it); the server stops the feed.
+    server.wait_for(lambda: server.connections == 0)
+    server.wait_for(lambda: server._core.feeds[OB50].task is None)
+    sent = server.sent_frames()
+    assert sent[: len(received)] == received  # frames in flight at close may be recorded, never missing
+    assert server.sent_count() == len(sent)
+    assert server.subscriptions() == []
+
+
+def test_record_file(tmp_path: Path) -> None:
+    path = tmp_path / "frames.jsonl"
+    srv = FakeBybit(symbols=["BTCUSDT"], interval_ms=1, max_frames_per_topic=12, record_path=path).start()
+    try:
+        with connect(srv.url, open_timeout=TIMEOUT) as ws:
+            send(ws, {"op": "subscribe", "args": [OB50, "orderbook.1.BTCUSDT"]})
+            recv(ws)
+            received = recv_data(ws, 24)
+        srv.wait_for(lambda: srv.sent_count() == 24)
+    finally:
+        srv.stop()
+    assert path.read_text().splitlines() == received == srv.sent_frames()
+
+
+def test_cli_prints_url_and_serves() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "tests/fakes/bybit_server.py", "--port", "0", "--symbols", "ETHUSDT",
+         "--interval-ms", "5", "--max-frames", "3", "--seed", "1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        assert sel.select(timeout=10.0), "no URL printed"
+        url = proc.stdout.readline().strip()
+        assert re.fullmatch(r"ws://127\.0\.0\.1:\d+/v5/public/linear", url), url
+        with connect(url, open_timeout=TIMEOUT) as ws:
+            send(ws, {"req_id": "c", "op": "subscribe", "args": ["orderbook.50.ETHUSDT"]})
+            assert recv(ws)["req_id"] == "c"
+            assert [orjson.loads(t)["type"] for t in recv_data(ws, 3)] == ["snapshot", "delta", "delta"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10.0) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# --------------------------------------------------------------------------------------- synthetic
+
+
+def replay_synthetic(book: SyntheticBook, n: int) -> Replay:
+    replay = Replay(book.depth)
+    replay.apply(book.snapshot(1_000_000))
+    for i in range(n):
+        replay.apply(book.next_message(1_000_000 + 20 * (i + 1)))
+    assert replay.top() == (book.bids(), book.asks())
+    return replay
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    depth=st.sampled_from([1, 50, 200]),
+    spec=st.sampled_from([(30000.0, 0.1), (2000.0, 0.01), (2.0, 0.0001), (60000.0, 0.5), (90000.0, 10.0)]),
+)
+def test_synthetic_book_stays_valid(seed: int, depth: int, spec: tuple[float, float]) -> None:
+    mid, tick = spec
+    replay_synthetic(SyntheticBook("XUSDT", depth, seed=seed, mid=mid, tick=tick), 150)
+
+
+def test_synthetic_is_deterministic_and_calibrated() -> None:
+    a = SyntheticBook("BTCUSDT", 50, seed=42)
+    b = SyntheticBook("BTCUSDT", 50, seed=42)
+    b.snapshot(5)  # snapshots do not consume the book's randomness
+    msgs = [a.delta(1000 + i) for i in range(500)]
+    assert msgs == [b.delta(1000 + i) for i in range(500)]
+    assert msgs != [SyntheticBook("BTCUSDT", 50, seed=43).delta(1000 + i) for i in range(500)]
+    replay = replay_synthetic(SyntheticBook("BTCUSDT", 50, seed=7), 500)
+    assert replay.updates > 2 * replay.inserts > 0 and replay.deletes == replay.inserts
+    sizes = sorted(len(m["data"]["b"]) + len(m["data"]["a"]) for m in msgs)
+    assert sizes[0] >= 1 and 1 <= sizes[len(sizes) // 2] <= 5 and sizes[int(len(sizes) * 0.95)] <= 10
+    price = SyntheticBook("BTCUSDT", 50, seed=0, mid=30000.0, tick=0.1).snapshot(0)["data"]["b"][0][0]
+    assert price == "29999.9"
+
+
+def test_synthetic_rejects_bad_config() -> None:
+    with pytest.raises(ValueError):
+        SyntheticBook("X", 0)
+    with pytest.raises(ValueError):
+        SyntheticBook("X", 1000, mid=1.0, tick=0.01)

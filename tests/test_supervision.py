@@ -1,0 +1,211 @@
+"""Supervision across processes: kills, injected crashes and hangs, the breaker, signals and logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import wait_for
+from tests.fakes.bybit_server import FakeBybit
+from tests.recorder_process import TABLE, RecorderProcess
+
+# Small, fast policy figures for tests (the defaults are minutes, not milliseconds).
+FAST = {
+    "L2REC_RESTART_BACKOFF_MIN_S": "0.2",
+    "L2REC_RESTART_BACKOFF_MAX_S": "2",
+    "L2REC_RESTART_RESET_AFTER_S": "30",
+    "L2REC_BREAKER_COOLDOWN_S": "0.5",
+}
+
+
+@pytest.fixture
+def server():
+    srv = FakeBybit(symbols=["BTCUSDT", "ETHUSDT"], interval_ms=5, seed=5)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def restarts(rec: RecorderProcess, child: str) -> list[dict[str, object]]:
+    return [r for r in rec.log_events("child exited; restart scheduled") if r.get("child") == child]
+
+
+def test_process_tree_is_root_writer_and_shard_with_spawn(server: FakeBybit, tmp_path: Path):
+    rec = RecorderProcess(tmp_path, server.url, "BTCUSDT", env=FAST)
+    try:
+        rec.wait_rows(20)
+        dump = rec.dump()
+        kids = {p.pid: " ".join(p.cmdline()) for p in psutil.Process(rec.pid).children()}
+        assert rec.stop() == 0
+    finally:
+        rec.kill()
+    for name in ("writer", "shard-0"):
+        pid = dump["processes"][name]["pid"]
+        assert pid in kids and "multiprocessing.spawn" in kids[pid]
+
+
+def test_sigkill_of_the_shard_restarts_it_and_rows_continue(server: FakeBybit, tmp_path: Path):
+    rec = RecorderProcess(tmp_path, server.url, "BTCUSDT,ETHUSDT", env=FAST)
+    try:
+        rec.wait_rows(50)
+        shard = rec.child_pid("shard-0")
+        os.kill(shard, signal.SIGKILL)
+        wait_for(lambda: restarts(rec, "shard-0"), 30, "the restart decision in the log")
+        wait_for(lambda: server.total_connections >= 2, 30, "the new shard's connection")
+        new_conn = wait_for(lambda: len(server.conn_ids()) >= 2 and server.conn_ids()[-1], 30, "new frames")
+        wait_for(lambda: len(server.sent_frames(conn_id=new_conn)) >= 100, 30, "frames on the new connection")
+        assert rec.child_pid("shard-0") != shard
+        assert rec.stop() == 0
+    finally:
+        rec.kill()
+    decision = restarts(rec, "shard-0")[0]
+    assert decision["exitcode"] == -signal.SIGKILL and decision["attempt"] == 1
+    assert 0.2 * 0.8 <= decision["delay_s"] <= 0.2 * 1.2
+    # the new incarnation rebuilt every book from a fresh snapshot, and every frame it got is a row
+    new_frames = server.sent_frames(conn_id=new_conn)
+    assert '"type":"snapshot"' in new_frames[0]
+    keys = set(rec.query(f"SELECT symbol, sequence, exchange_timestamp FROM {TABLE}"))
+    for text in new_frames:
+        m = json.loads(text)
+        assert (m["data"]["s"], m["data"]["u"], m["ts"]) in keys
+
+
+def test_sigkill_of_the_writer_restarts_it_without_loss_or_duplicates(server: FakeBybit, tmp_path: Path):
+    rec = RecorderProcess(tmp_path, server.url, "BTCUSDT,ETHUSDT", env=FAST)
+    try:
+        rec.wait_rows(100)
+        writer = rec.child_pid("writer")
+        os.kill(writer, signal.SIGKILL)
+        wait_for(lambda: restarts(rec, "writer"), 30, "the writer's restart decision")
+        before = rec.row_count()
+        rec.wait_rows(before + 200)
+        assert rec.stop() == 0
+    finally:
+        rec.kill()
+    assert rec.query("PRAGMA integrity_check") == [("ok",)]
+    dupes = rec.query(f"SELECT symbol, sequence, exchange_timestamp, COUNT(*) FROM {TABLE} "
+                      "GROUP BY 1, 2, 3 HAVING COUNT(*) > 1")
+    assert dupes == []
+    # unacknowledged batches were resent to the new writer: nothing the server sent is missing
+    keys = set(rec.query(f"SELECT symbol, sequence, exchange_timestamp FROM {TABLE}"))
+    missing = [t for t in server.sent_frames()
+               if (lambda m: (m["data"]["s"], m["data"]["u"], m["ts"]))(json.loads(t)) not in keys]
+    assert missing == []
+
+
+@pytest.mark.parametrize("fault", ["features:crash_after=30@1", "parser:crash_after=30@1",
+                                   "connection:crash_after=1@1", "parser:crash_on_start@1",
+                                   "features:crash_on_start@1", "connection:crash_on_start@1"])
+def test_injected_crash_in_each_actor_restarts_the_shard(server: FakeBybit, tmp_path: Path, fault: str):
+    state = tmp_path / "faults"
+    state.mkdir()
+    rec = RecorderProcess(tmp_path, server.url, "BTCUSDT",
+                          env={**FAST, "L2REC_FAULTS": fault, "L2REC_FAULTS_STATE": str(state)})
+    try:
+        wait_for(lambda: restarts(rec, "shard-0"), 60, f"a restart after {fault}")
+        before = rec.row_count()
+        rec.wait_rows(before + 50)
+        assert rec.stop() == 0
+    finally:
+        rec.kill()
+    assert len(restarts(rec, "shard-0")) == 1
+    failed = rec.log_events("shard failed")[0]
+    actor = fault.split(":")[0]
+    assert actor in str(failed["reason"]) or (actor if actor != "connection" else "source") in failed["dead_actors"]
+
+
+def test_injected_writer_crash_restarts_the_writer(server: FakeBybit, tmp_path: Path):
+    state = tmp_path / "faults"
+    state.mkdir()
+    rec = RecorderProcess(tmp_path, server.url, "BTCUSDT",
+                          env={**FAST, "L2REC_FAULTS": "writer:crash_after=3@1", "L2REC_FAULTS_STATE": str(state)})
+    try:
+        wait_for(lambda: restarts(rec, "writer"), 60, "the writer's restart")
+        before = rec.row_count()
+        rec.wait_rows(before + 100)
+        assert rec.stop() == 0
+    finally:
+        rec.kill()
+    keys = set(rec.query(f"SELECT symbol, sequence, exchange_timestamp FROM {TABLE}"))
+    sent = {(m["data"]["s"], m["data"]["u"], m["ts"]) for m in map(json.loads, server.sent_frames())}
+    assert sent <= keys
+
+
+def test_crash_loop_opens_the_breaker_then_escalates_with_exit_75(server: FakeBybit, tmp_path: Path):
+    env = {**FAST, "L2REC_FAULTS": "parser:crash_on_start", "L2REC_RESTART_MAX_RESTARTS": "2",
+           "L2REC_RESTART_PERIOD_S": "60", "L2REC_BREAKER_COOLDOWN_S": "0.3",
+           "L2REC_BREAKER_ESCALATE_AFTER_REOPENS": "2"}
+    rec = RecorderProcess(tmp_path, server.url, "BTCUSDT", env=env)
+    try:
+        code = rec.proc.wait(timeout=90)
+    finally:
+        rec.kill()
+    assert code == 75
+    decisions = restarts(rec, "shard-0")
+    delays = [d["delay_s"] for d in decisions]
+    breakers = [d["breaker"] for d in decisions]
+    # two backoff restarts (growing), then the breaker opens (cooldown 0.3), reopens once (0.6), escalates
+    assert breakers == ["closed", "closed", "open", "open"]
+    assert 0.16 <= delays[0] <= 0.24 and 0.32 <= delays[1] <= 0.48
+    assert delays[2:] == [0.3, 0.6]
+    assert rec.log_events("escalating: stopping everything")
+
+
+def test_hung_actor_is_detected_by_missing_heartbeats_and_restarted(server: FakeBybit, tmp_path: Path):
+    state = tmp_path / "faults"
+    state.mkdir()
+    env = {**FAST, "L2REC_FAULTS": "features:hang_after=20@1", "L2REC_FAULTS_STATE": str(state),
+           "L2REC_HEARTBEAT_TIMEOUT_S": "3", "L2REC_CONNECT_TIMEOUT_S": "2"}
+    rec = RecorderProcess(tmp_path, server.url, "BTCUSDT", env=env)
+    try:
+        wait_for(lambda: rec.log_events("child hung; killing it"), 60, "hang detection")
+        before = rec.row_count()
+        rec.wait_rows(before + 50)
+        assert rec.stop() == 0
+    finally:
+        rec.kill()
+    hung = rec.log_events("child hung; killing it")[0]
+    assert hung["child"] == "shard-0" and hung["actor"] == "features"
+    assert "hung" in str(restarts(rec, "shard-0")[0]["error"])
+
+
+def test_sighup_reopens_the_log_file_after_logrotate_moved_it(server: FakeBybit, tmp_path: Path):
+    rec = RecorderProcess(tmp_path, server.url, "BTCUSDT", env=FAST)
+    try:
+        rec.wait_rows(10)
+        wait_for(rec.log_file.exists, 30, "the log file")
+        rotated = tmp_path / "recorder.log.1"
+        rec.log_file.rename(rotated)
+        rec.signal(signal.SIGHUP)
+        wait_for(lambda: rec.log_file.exists() and rec.log_events("log file reopened"), 30, "a reopened log")
+        assert rec.stop() == 0
+    finally:
+        rec.kill()
+    assert "starting" in rotated.read_text()
+    assert rec.log_events("stopped")  # written to the new file
+
+
+def test_second_sigint_exits_at_once_and_the_database_is_intact(server: FakeBybit, tmp_path: Path):
+    # A hung features actor makes the graceful stop wait for its deadline: the second SIGINT must not.
+    env = {**FAST, "L2REC_FAULTS": "features:hang_after=100", "L2REC_HEARTBEAT_TIMEOUT_S": "600"}
+    rec = RecorderProcess(tmp_path, server.url, "BTCUSDT,ETHUSDT", env=env)
+    try:
+        rec.wait_rows(50)
+        rec.signal(signal.SIGINT)
+        wait_for(lambda: rec.log_events("stop requested: stopping shards, then the writer"), 30, "the stop")
+        assert rec.proc.poll() is None
+        rec.signal(signal.SIGINT)
+        t0 = time.monotonic()
+        code = rec.proc.wait(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        rec.kill()
+    assert code == 130 and took < 5
+    assert rec.query("PRAGMA integrity_check") == [("ok",)]
+    assert rec.row_count() >= 50
