@@ -212,7 +212,7 @@ class Root:
             child.retry_after = self.ctx.Value("d", 0.0, lock=False)
             proc = self.ctx.Process(target=run_shard, name=child.name,
                                     args=(child.shard_id, cfg, child.topics, self.writer_address, ctl_child,
-                                          up_child, child.retry_after))
+                                          up_child, child.retry_after, child.policy.restarts))
         proc.start()
         ctl_child.close()
         up_child.close()
@@ -310,7 +310,7 @@ class Root:
                 self.health.tell(SupervisorState(
                     {c.name: {"role": c.role, "pid": c.proc.pid if c.proc else None, "alive": c.running,
                               "exitcode": c.proc.exitcode if c.proc else None, **c.policy.snapshot(now)}
-                     for c in children}, {}))
+                     for c in children}))
                 next_state = now + 1.0
             if self.dump_requested:
                 self.dump_requested = False

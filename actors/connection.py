@@ -39,6 +39,7 @@ class ConnectionActor(pykka.ThreadingActor):
         super().__init__()
         self.reporter = reporter
         self.fault = faults.for_actor("connection")
+        self.msgs_in = 0
         self.cfg = cfg
         self.shard_id = shard_id
         self.topics = topics
@@ -64,6 +65,7 @@ class ConnectionActor(pykka.ThreadingActor):
             self.fault.on_start()
 
     def on_receive(self, message: Any) -> Any:
+        self.msgs_in += 1
         if isinstance(message, ReaderExited):
             self._on_reader_exit(message)
         elif isinstance(message, Tick):
@@ -235,7 +237,9 @@ class ConnectionActor(pykka.ThreadingActor):
             self.parser.tell(SessionEnded(self.session_id, "shutdown", time.time_ns(), True))
 
     def status(self) -> dict[str, object]:
-        return {**self.stats, "session": self.session_id, "connected": self.ws is not None,
+        return {**self.stats, "state": "stopping" if self.stopping else "running",
+                "messages_in": self.msgs_in, "mailbox": self.actor_inbox.qsize(),
+                "session": self.session_id, "connected": self.ws is not None,
                 "consecutive_failures": self.failures, "last_error": self.last_error,
                 "url": self.cfg.url, "topics": len(self.topics)}
 

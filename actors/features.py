@@ -41,9 +41,11 @@ class FeaturesActor(pykka.ThreadingActor):
         end_of_stream: threading.Event,
         reporter: Reporter,
         faults: Faults,
+        restarted_topics: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.fault = faults.for_actor("features")
+        self.msgs_in = 0
         self.cfg = cfg
         self.shard_id = shard_id
         self.link = link
@@ -56,8 +58,10 @@ class FeaturesActor(pykka.ThreadingActor):
             data_source="replay" if cfg.replay else "live_trading",
             feature_levels=cfg.feature_levels,
         )
+        if restarted_topics:
+            self.keeper.on_process_restart(restarted_topics)
         self.rows: list[tuple[object, ...]] = []
-        self.gaps: list[GapRecord] = []
+        self.gaps: list[GapRecord] = list(self.keeper.take_events()[0])
         self.batch_started = 0.0
         self.max_rows = cfg.buffer_size
         self.max_age_s = cfg.write_interval
@@ -72,6 +76,7 @@ class FeaturesActor(pykka.ThreadingActor):
             self.fault.on_start()
 
     def on_receive(self, message: Any) -> Any:
+        self.msgs_in += 1
         if isinstance(message, ParsedBatch):
             if self.fault is not None:
                 self.fault.on_message()
@@ -144,7 +149,8 @@ class FeaturesActor(pykka.ThreadingActor):
 
     def status(self) -> dict[str, object]:
         link = self.link
-        return {"topics": self.keeper.snapshot_stats(), "rows_sent": self.rows_sent,
+        return {"state": "running", "messages_in": self.msgs_in, "mailbox": self.actor_inbox.qsize(),
+                "topics": self.keeper.snapshot_stats(), "rows_sent": self.rows_sent,
                 "batches_sent": self.batches_sent, "rows_buffered": len(self.rows),
                 "writer_link": {"depth": link.depth(), "capacity": link.capacity, "acked": link.acked,
                                 "reconnects": link.reconnects, "resent": link.resent}}

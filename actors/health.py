@@ -32,7 +32,6 @@ class SupervisorState:
     """Root -> HealthActor: what the supervisor knows of each child (restarts, breaker, last error)."""
 
     children: dict[str, dict[str, object]]
-    queues: dict[str, dict[str, object]]
 
 
 class HealthActor(pykka.ThreadingActor):
@@ -78,6 +77,7 @@ class HealthActor(pykka.ThreadingActor):
             processes[name] = {"role": ch.role, **self._proc(ch.pid)}
         actors: dict[str, object] = {}
         topics: dict[str, object] = {}
+        queues: dict[str, object] = {}
         for key, st in sorted(self.latest.items()):
             stats = dict(st.stats)
             if "topics" in stats and isinstance(stats["topics"], dict):
@@ -86,13 +86,17 @@ class HealthActor(pykka.ThreadingActor):
                     recv = t.get("last_recv_ns")
                     t["age_s"] = round((now - recv) / 1e9, 3) if isinstance(recv, int) else None
                     topics[topic] = {"shard": st.shard_id, **t}
+            link = stats.get("writer_link")
+            if isinstance(link, dict):
+                queues[f"shard-{st.shard_id}->writer"] = {"depth": link.get("depth"), "capacity": link.get("capacity"),
+                                                          "unit": "batches"}
             actors[key] = {"pid": st.pid, "report_age_s": round((now - st.sent_ns) / 1e9, 3), **stats}
         sup = self.supervisor
         return {
             "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "uptime_s": round((now - self.started_ns) / 1e9, 3),
             "processes": processes, "actors": actors, "topics": topics,
-            "supervisor": sup.children if sup else {}, "queues": sup.queues if sup else {},
+            "supervisor": sup.children if sup else {}, "queues": queues,
         }
 
     def _dump(self, req: DumpHealth) -> str:

@@ -36,6 +36,8 @@ class ParserActor(pykka.ThreadingActor):
     ) -> None:
         super().__init__()
         self.fault = faults.for_actor("parser")
+        self.msgs_in = 0
+        self.batches_out = 0
         self.features = features
         self.connection = connection
         # Live: only subscribed topics are ours. Replay: topics come from the file, optionally filtered.
@@ -51,6 +53,7 @@ class ParserActor(pykka.ThreadingActor):
             self.fault.on_start()
 
     def on_receive(self, message: Any) -> Any:
+        self.msgs_in += 1
         if isinstance(message, RawFrames):
             if self.fault is not None:
                 self.fault.on_message()
@@ -93,6 +96,7 @@ class ParserActor(pykka.ThreadingActor):
         counts["book"] += sum(1 for i in items if i.__class__ is BookUpdate)
         # Always tell, even an empty batch: in replay each batch carries one flow-control credit.
         self.features.tell(ParsedBatch(msg.session_id, tuple(items)))
+        self.batches_out += 1
 
     def _reply(self, reply: Reply, recv_ns: int | None) -> None:
         self.counts["reply"] += 1
@@ -105,7 +109,8 @@ class ParserActor(pykka.ThreadingActor):
             self.connection.tell(ServerReply(reply.kind, reply.ok, reply.req_id, reply.message, recv_ns))
 
     def status(self) -> dict[str, object]:
-        return dict(self.counts)
+        return {"state": "running", "messages_in": self.msgs_in, "mailbox": self.actor_inbox.qsize(),
+                "batches_out": self.batches_out, **self.counts}
 
     def on_stop(self) -> None:
         self.reporter.maybe(time.time_ns(), self.status(), force=True)

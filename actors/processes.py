@@ -70,7 +70,7 @@ def _ticker(refs: list[pykka.ActorRef[Any]], stop: threading.Event) -> None:
 
 
 def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], writer_address: str,
-              ctl: Connection, uplink_conn: Connection, retry_after: Any) -> None:
+              ctl: Connection, uplink_conn: Connection, retry_after: Any, incarnation: int) -> None:
     """Shard process: one source (websocket or replay file), its parser and features actors.
 
     The shard is the unit of failure: if any of its actors dies (including in ``on_start``), the process
@@ -100,7 +100,8 @@ def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], write
                                        Reporter(uplink, "shard", "connection", shard_id), faults)
     features = FeaturesActor.start(
         cfg, shard_id, link, connection=None if replay else source, credits=credits,
-        end_of_stream=end_of_stream, reporter=Reporter(uplink, "shard", "features", shard_id), faults=faults)
+        end_of_stream=end_of_stream, reporter=Reporter(uplink, "shard", "features", shard_id), faults=faults,
+        restarted_topics=topics if incarnation > 0 and not replay else ())
     parser = ParserActor.start(
         features, None if replay else source,
         topics=None if replay else frozenset(topics),

@@ -42,12 +42,14 @@ class WriterActor(pykka.ThreadingActor):
         self.reporter = reporter
         self.fault = faults.for_actor("writer")
         self.gaps_written = 0
+        self.msgs_in = 0
 
     def on_start(self) -> None:
         if self.fault is not None:
             self.fault.on_start()
 
     def on_receive(self, message: Any) -> Any:
+        self.msgs_in += 1
         if isinstance(message, WriteBatch):
             try:
                 if self.fault is not None:
@@ -66,7 +68,8 @@ class WriterActor(pykka.ThreadingActor):
 
     def status(self) -> dict[str, object]:
         s = self.store
-        return {"rows_committed": s.rows_inserted, "rows_offered": s.rows_offered, "batches": s.batches,
+        return {"state": "running", "messages_in": self.msgs_in, "mailbox": self.actor_inbox.qsize(),
+                "rows_committed": s.rows_inserted, "rows_offered": s.rows_offered, "batches": s.batches,
                 "gaps_written": self.gaps_written, "last_commit_ms": round(s.last_commit_s * 1000, 3),
                 "db_path": s.path, "table": s.table}
 

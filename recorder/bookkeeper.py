@@ -31,6 +31,7 @@ GAP_CROSSED = "crossed_book"
 GAP_REJECTED = "rejected_frame"
 GAP_RESTART_DELTA = "restart_delta"
 GAP_DISCONNECT = "disconnect"
+GAP_RESTART = "shard_restart"
 
 
 @dataclass(slots=True)
@@ -147,6 +148,15 @@ class BookKeeper:
         for st in self.topics.values():
             if (topics is None or st.topic in topics) and st.synced:
                 self._open_gap(st, GAP_DISCONNECT, st.last_u, None, count_frame=False, resync=False)
+
+    def on_process_restart(self, topics: tuple[str, ...]) -> None:
+        """This shard replaces one that died: whatever its topics had in flight is lost, so each topic
+        has a gap (last ``u`` unknown) until its first snapshot."""
+        for topic in topics:
+            parsed = split_topic(topic)
+            if parsed is not None:
+                st = self._state(topic, parsed[1], parsed[0])
+                self._open_gap(st, GAP_RESTART, None, None, count_frame=False, resync=False)
 
     def _open_gap(self, st: TopicState, reason: str, last_u: int | None, got_u: int | None, *,
                   count_frame: bool = True, resync: bool = True) -> None:

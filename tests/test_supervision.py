@@ -209,3 +209,28 @@ def test_second_sigint_exits_at_once_and_the_database_is_intact(server: FakeBybi
     assert code == 130 and took < 5
     assert rec.query("PRAGMA integrity_check") == [("ok",)]
     assert rec.row_count() >= 50
+
+
+def test_symbols_are_split_across_shards_each_supervised_on_its_own(tmp_path: Path):
+    with FakeBybit(symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"], interval_ms=5, seed=9) as srv:
+        rec = RecorderProcess(tmp_path, srv.url, "BTCUSDT,ETHUSDT,SOLUSDT",
+                              env={**FAST, "L2REC_SYMBOLS_PER_SHARD": "2"})
+        try:
+            wait_for(lambda: srv.connections == 2, 30, "two connections")
+            wait_for(lambda: len(rec.query(f"SELECT DISTINCT symbol FROM {TABLE}")) == 3, 30, "all symbols")
+            dump = wait_for(lambda: (d := rec.dump()) and len(d["topics"]) == 3 and d, 30, "3 topics in the dump")
+            assert {"shard-0", "shard-1", "writer", "root"} == set(dump["processes"])
+            assert dump["topics"]["orderbook.50.SOLUSDT"]["shard"] == 1
+            assert set(dump["queues"]) == {"shard-0->writer", "shard-1->writer"}
+            first_conns = srv.conn_ids()
+            os.kill(dump["processes"]["shard-1"]["pid"], signal.SIGKILL)
+            wait_for(lambda: restarts(rec, "shard-1"), 30, "shard-1's restart")
+            wait_for(lambda: srv.total_connections == 3 and srv.connections == 2, 30, "shard-1 reconnected")
+            assert rec.stop() == 0
+        finally:
+            rec.kill()
+    assert restarts(rec, "shard-0") == []
+    assert len(first_conns) == 2
+    # Only shard-1's topic has a gap: its process died with whatever it had in flight.
+    gaps = rec.query("SELECT topic, reason, last_u, recovered_at IS NOT NULL FROM l2_gaps")
+    assert gaps == [("orderbook.50.SOLUSDT", "shard_restart", None, 1)]
