@@ -8,7 +8,6 @@ before its close frame. The reader thread never parses and never logs per frame.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -19,6 +18,7 @@ import pykka
 import websocket
 
 from actors.reporting import Reporter
+from actors.timers import tell_later, tell_quietly
 from messages.control import Begin, ReaderExited, Reconnect, Resubscribe, ServerReply, Tick
 from messages.frames import RawFrames, SessionEnded, SessionStarted
 from recorder.backoff import Backoff
@@ -102,6 +102,7 @@ class ConnectionActor(pykka.ThreadingActor):
             return
         url = self.cfg.url
         ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True)
+        _limit_frame_size(ws, self.cfg.max_frame_bytes)
         try:
             ws.connect(url, timeout=self.cfg.connect_timeout_s)
         except Exception as exc:
@@ -115,8 +116,9 @@ class ConnectionActor(pykka.ThreadingActor):
                 return
             self._schedule_reconnect(attempt, self.last_error)
             return
-        # A silent socket (no data, no pong) for this long is a dead socket.
-        ws.settimeout(self.cfg.ping_interval_s * 1.5 + 5.0)
+        # We ping every ping_interval_s; nothing at all (no data, no pong) for one interval plus the pong
+        # timeout means a silent stall: the reader's recv times out and the session is recycled.
+        ws.settimeout(self.cfg.ping_interval_s + self.cfg.pong_timeout_s)
         self.ws = ws
         self.session_id += 1
         self.stats["sessions"] += 1
@@ -154,10 +156,7 @@ class ConnectionActor(pykka.ThreadingActor):
         delay = self.backoff.delay(self.failures)
         log.warning("reconnect scheduled", extra={"fields": {
             "shard": self.shard_id, "attempt": self.failures, "delay_s": round(delay, 3), "reason": reason}})
-        ref = self.actor_ref
-        self.timer = threading.Timer(delay, _tell_quietly, args=(ref, Reconnect(attempt + 1)))
-        self.timer.daemon = True
-        self.timer.start()
+        self.timer = tell_later(self.actor_ref, delay, Reconnect(attempt + 1))
 
     def _on_reader_exit(self, msg: ReaderExited) -> None:
         if msg.session_id != self.session_id:
@@ -252,9 +251,22 @@ def _retry_after_s(exc: websocket.WebSocketBadStatusException) -> float:
         return 60.0  # no usable Retry-After: wait a minute rather than hammer the endpoint
 
 
-def _tell_quietly(ref: pykka.ActorRef[Any], msg: object) -> None:
-    with contextlib.suppress(pykka.ActorDeadError):
-        ref.tell(msg)
+class FrameTooLarge(websocket.WebSocketException):
+    """A frame header announced more bytes than ``max_frame_bytes``."""
+
+
+def _limit_frame_size(ws: websocket.WebSocket, max_bytes: int) -> None:
+    """websocket-client has no size limit: check each frame's announced length before its payload is read,
+    so that a huge (or hostile) frame is refused without being buffered whole."""
+    fb = ws.frame_buffer
+    recv_length = fb.recv_length
+
+    def checked() -> None:
+        recv_length()
+        if fb.length is not None and fb.length > max_bytes:
+            raise FrameTooLarge(f"{fb.length} bytes > max_frame_bytes {max_bytes}")
+
+    fb.recv_length = checked  # type: ignore[method-assign]
 
 
 def _read_loop(ws: websocket.WebSocket, session_id: int, parser: pykka.ActorRef[Any],
@@ -275,10 +287,12 @@ def _read_loop(ws: websocket.WebSocket, session_id: int, parser: pykka.ActorRef[
                 reason = f"server close code={code}"
                 graceful = code in (None, 1000, 1001)
                 break
+    except FrameTooLarge as exc:
+        reason = f"oversized frame refused: {exc}"
     except websocket.WebSocketTimeoutException:
-        reason = "stall: nothing received within the read timeout"
+        reason = "stall: nothing received (no data, no pong) within ping interval + pong timeout"
     except pykka.ActorDeadError:
         return
     except Exception as exc:
         reason = f"socket error: {exc!r}"
-    _tell_quietly(owner, ReaderExited(session_id, reason, graceful))
+    tell_quietly(owner, ReaderExited(session_id, reason, graceful))

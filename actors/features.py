@@ -1,4 +1,13 @@
-"""FeaturesActor: keeps the books, checks sequence integrity, computes rows, batches them to the writer."""
+"""FeaturesActor: keeps the books, checks sequence integrity, computes rows, batches them to the writer.
+
+Flushes a batch when it holds ``buffer_size`` rows or its oldest row is ``write_interval`` old.
+
+Backpressure (the writer cannot keep up and the bounded link is full):
+- replay: the put blocks; the replay reader waits (its credits), nothing is lost;
+- live: blocking would only move the pile-up into the parser's unbounded inbox, so the batch's rows are
+  shed, every synced topic gets a ``backpressure`` gap (no silent loss), no rows are made until the link
+  has drained to half its capacity, and then every topic is resubscribed for a fresh snapshot.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ from actors.reporting import Reporter
 from messages.book import BookUpdate, ParsedBatch
 from messages.control import Resubscribe, Tick
 from messages.frames import EndOfStream, SessionEnded, SessionStarted
-from messages.writer import GapRecord
+from messages.writer import GapRecord, SessionRecord
 from recorder.bookkeeper import BookKeeper
 from recorder.config import RecorderConfig
 from recorder.faults import Faults
@@ -24,12 +33,6 @@ log = logging.getLogger("actors.features")
 
 
 class FeaturesActor(pykka.ThreadingActor):
-    """Flushes a batch when it holds ``buffer_size`` rows or its oldest row is ``write_interval`` old.
-
-    The put on the bounded writer link blocks when the writer lags: backpressure reaches the parser's
-    inbox (live) or the replay reader's credits (replay) instead of growing memory here.
-    """
-
     def __init__(
         self,
         cfg: RecorderConfig,
@@ -44,8 +47,6 @@ class FeaturesActor(pykka.ThreadingActor):
         restarted_topics: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
-        self.fault = faults.for_actor("features")
-        self.msgs_in = 0
         self.cfg = cfg
         self.shard_id = shard_id
         self.link = link
@@ -53,6 +54,8 @@ class FeaturesActor(pykka.ThreadingActor):
         self.credits = credits
         self.end_of_stream = end_of_stream
         self.reporter = reporter
+        self.fault = faults.for_actor("features")
+        self.msgs_in = 0
         self.keeper = BookKeeper(
             category=cfg.category,
             data_source="replay" if cfg.replay else "live_trading",
@@ -62,14 +65,21 @@ class FeaturesActor(pykka.ThreadingActor):
             self.keeper.on_process_restart(restarted_topics)
         self.rows: list[tuple[object, ...]] = []
         self.gaps: list[GapRecord] = list(self.keeper.take_events()[0])
+        self.sessions: list[SessionRecord] = []
+        self.session: SessionStarted | None = None
         self.batch_started = 0.0
         self.max_rows = cfg.buffer_size
         self.max_age_s = cfg.write_interval
         self.batches_sent = 0
         self.rows_sent = 0
-        self.rejects_in_topics = 0
+        self.rows_shed = 0
+        self.backpressured = False
         self.rate = RateLimited(10.0)
         self.pending_resync: set[str] = set()
+        # topic -> last time (ns) it showed life or was resubscribed: the per-topic watchdog
+        self.topic_seen_ns: dict[str, int] = {}
+        self.silence_ns = int(cfg.topic_silence_s * 1e9)
+        self.silent_resubscribes = 0
 
     def on_start(self) -> None:
         if self.fault is not None:
@@ -84,20 +94,55 @@ class FeaturesActor(pykka.ThreadingActor):
             if self.credits is not None:
                 self.credits.release()
         elif isinstance(message, Tick):
-            if (self.rows and time.monotonic() - self.batch_started >= self.max_age_s) or self.gaps:
-                self._flush()
-            self.reporter.maybe(message.now_ns, self.status())
+            self._on_tick(message.now_ns)
         elif isinstance(message, SessionStarted):
             # Bybit answers a subscribe with a snapshot; a resubscribe is pending no more.
             self.pending_resync.clear()
+            self.session = message
+            self.topic_seen_ns = dict.fromkeys(message.topics, message.connected_ns)
+            self.sessions.append(SessionRecord(self.shard_id, message.session_id, message.url,
+                                               len(message.topics), message.connected_ns, None, None, None))
         elif isinstance(message, SessionEnded):
-            if message.reason != "shutdown":
-                self.keeper.on_disconnect()
-                self._collect_events()
+            self._on_session_end(message)
         elif isinstance(message, EndOfStream):
             self._flush()
             self.end_of_stream.set()
         return None
+
+    def _on_session_end(self, msg: SessionEnded) -> None:
+        s = self.session
+        if s is not None and s.session_id == msg.session_id:
+            self.sessions.append(SessionRecord(self.shard_id, s.session_id, s.url, len(s.topics), s.connected_ns,
+                                               msg.ended_ns, msg.reason, msg.graceful))
+            self.session = None
+        self.topic_seen_ns = {}
+        if msg.reason != "shutdown":
+            self.keeper.on_disconnect()
+            self._collect_events()
+
+    def _on_tick(self, now_ns: int) -> None:
+        if (self.rows and time.monotonic() - self.batch_started >= self.max_age_s) or self.gaps or self.sessions:
+            self._flush()
+        if self.backpressured and self.link.depth() <= self.link.capacity // 2:
+            self._recover_from_backpressure()
+        if self.silence_ns and self.connection is not None and self.topic_seen_ns:
+            self._watch_silence(now_ns)
+        self.reporter.maybe(now_ns, self.status())
+
+    def _watch_silence(self, now_ns: int) -> None:
+        topics = self.keeper.topics
+        seen = self.topic_seen_ns
+        for topic, last in seen.items():
+            st = topics.get(topic)
+            recv = st.last_recv_ns if st is not None else None
+            if recv is not None and recv > last:
+                last = seen[topic] = recv
+            if now_ns - last > self.silence_ns:
+                seen[topic] = now_ns
+                self.silent_resubscribes += 1
+                log.warning("topic silent; resubscribing", extra={"fields": {
+                    "topic": topic, "silent_s": round((now_ns - last) / 1e9, 1)}})
+                self.connection.tell(Resubscribe(topic, "silent"))  # type: ignore[union-attr]
 
     def _apply(self, batch: ParsedBatch) -> None:
         keeper = self.keeper
@@ -130,31 +175,65 @@ class FeaturesActor(pykka.ThreadingActor):
                         "suppressed_since_last": suppressed}})
         for topic, last_u in resets:
             log.info("book reset by the exchange (u=1)", extra={"fields": {"topic": topic, "last_u": last_u}})
+        if self.backpressured:
+            return  # resubscribed together once the link drained
         for topic, reason in resyncs:
             if self.connection is not None and topic not in self.pending_resync:
                 self.pending_resync.add(topic)
                 self.connection.tell(Resubscribe(topic, reason))
 
     def _flush(self) -> None:
-        if not self.rows and not self.gaps:
+        if not self.rows and not self.gaps and not self.sessions:
             return
         # Any snapshot since the resync request closed the gap; allow new requests for those topics.
         self.pending_resync = {t for t in self.pending_resync if not self.keeper.topics[t].synced}
-        rows, gaps = tuple(self.rows), tuple(self.gaps)
-        self.rows = []
-        self.gaps = []
-        self.link.put(rows, gaps, self.shard_id)  # blocks while the link is full: backpressure
+        rows, gaps, sessions = tuple(self.rows), tuple(self.gaps), tuple(self.sessions)
+        if self.credits is not None:
+            self.link.put(rows, gaps, self.shard_id, sessions)  # replay: wait for the writer
+        elif not self.link.try_put(rows, gaps, self.shard_id, sessions):
+            self._shed()
+            return
+        self.rows, self.gaps, self.sessions = [], [], []
         self.batches_sent += 1
         self.rows_sent += len(rows)
 
+    def _shed(self) -> None:
+        """The link is full (live): drop the rows, record the gap, keep gap/session records for later."""
+        rows = self.rows
+        self.rows = []
+        self.rows_shed += len(rows)
+        self.keeper.shed_rows(rows)
+        self.keeper.on_backpressure()
+        first = not self.backpressured
+        self.backpressured = True
+        self._collect_events()
+        if first:
+            log.critical("writer too slow: link full, rows shed, topics marked out of sync", extra={"fields": {
+                "shard": self.shard_id, "rows_shed": len(rows), "link_capacity_batches": self.link.capacity}})
+
+    def _recover_from_backpressure(self) -> None:
+        self.backpressured = False
+        topics = [t for t, st in self.keeper.topics.items() if not st.synced]
+        log.warning("link drained; resubscribing for fresh snapshots", extra={"fields": {
+            "shard": self.shard_id, "topics": len(topics), "rows_shed_total": self.rows_shed}})
+        for topic in topics:
+            if self.connection is not None and topic not in self.pending_resync:
+                self.pending_resync.add(topic)
+                self.connection.tell(Resubscribe(topic, "backpressure"))
+
     def status(self) -> dict[str, object]:
         link = self.link
-        return {"state": "running", "messages_in": self.msgs_in, "mailbox": self.actor_inbox.qsize(),
-                "topics": self.keeper.snapshot_stats(), "rows_sent": self.rows_sent,
-                "batches_sent": self.batches_sent, "rows_buffered": len(self.rows),
+        return {"state": "backpressured" if self.backpressured else "running", "messages_in": self.msgs_in,
+                "mailbox": self.actor_inbox.qsize(), "topics": self.keeper.snapshot_stats(),
+                "rows_sent": self.rows_sent, "rows_shed": self.rows_shed, "batches_sent": self.batches_sent,
+                "rows_buffered": len(self.rows), "silent_resubscribes": self.silent_resubscribes,
                 "writer_link": {"depth": link.depth(), "capacity": link.capacity, "acked": link.acked,
                                 "reconnects": link.reconnects, "resent": link.resent}}
 
     def on_stop(self) -> None:
-        self._flush()
+        if self.rows or self.gaps or self.sessions:
+            # Stopping: wait for room rather than shed (the link's close has its own deadline).
+            self.link.put(tuple(self.rows), tuple(self.gaps), self.shard_id, tuple(self.sessions))
+            self.rows_sent += len(self.rows)
+            self.rows, self.gaps, self.sessions = [], [], []
         self.reporter.maybe(time.time_ns(), self.status(), force=True)

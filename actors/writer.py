@@ -1,4 +1,10 @@
-"""WriterActor: the only database connection; one transaction per batch, acknowledged after commit."""
+"""WriterActor: the only database connection; one transaction per batch, acknowledged after commit.
+
+A transient database error (another process holds a lock, the disk or ``db_max_pages`` is full) never
+drops a batch: it stays at the head of the backlog and is retried with backoff, and no later batch
+overtakes it. Meanwhile the writer stops reading (its in-flight permits are held), so the shards' bounded
+links fill up and their backpressure policy takes over.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -13,13 +20,19 @@ from typing import Any
 import pykka
 
 from actors.reporting import Reporter
+from actors.timers import tell_later
 from messages.control import Tick
 from messages.writer import RowBatch
+from recorder.backoff import Backoff
 from recorder.config import RecorderConfig
 from recorder.faults import Faults
-from recorder.storage import Store
+from recorder.logs import RateLimited
+from recorder.schema import COL
+from recorder.storage import Store, is_transient
 
 log = logging.getLogger("actors.writer")
+
+_RECV = COL["recv_time_ns"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +43,13 @@ class WriteBatch:
     reply: Connection
 
 
+@dataclass(frozen=True, slots=True)
+class RetryWrites:
+    """WriterActor -> itself, after the backoff delay."""
+
+    attempt: int
+
+
 class WriterActor(pykka.ThreadingActor):
     """Opens (and migrates) the database in ``__init__``, which runs in the starting thread, so a bad
     path or schema fails ``start()`` loudly instead of killing the actor silently in ``on_start``."""
@@ -37,12 +57,20 @@ class WriterActor(pykka.ThreadingActor):
     def __init__(self, cfg: RecorderConfig, inflight: threading.Semaphore, reporter: Reporter,
                  faults: Faults) -> None:
         super().__init__()
-        self.store = Store(cfg.db_path, cfg.table_name)
+        self.store = Store(cfg.db_path, cfg.table_name, busy_timeout_s=cfg.db_busy_timeout_s,
+                           max_pages=cfg.db_max_pages)
         self.inflight = inflight
         self.reporter = reporter
         self.fault = faults.for_actor("writer")
         self.gaps_written = 0
         self.msgs_in = 0
+        self.backlog: deque[WriteBatch] = deque()
+        self.failures = 0
+        self.retry_pending = False
+        self.backoff = Backoff(0.05, 5.0, 2.0, 0.2)
+        self.last_error: str | None = None
+        self.rate = RateLimited(10.0)
+        self.latency_ms: deque[float] = deque(maxlen=20_000)
 
     def on_start(self) -> None:
         if self.fault is not None:
@@ -51,29 +79,84 @@ class WriterActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         self.msgs_in += 1
         if isinstance(message, WriteBatch):
-            try:
-                if self.fault is not None:
-                    self.fault.on_message()
-                batch = message.batch
-                self.store.write(batch.rows, batch.gaps)
-                self.gaps_written += len(batch.gaps)
-            finally:
-                self.inflight.release()
-            # Only now may the shard forget the batch; a shard that died meanwhile needs no ack.
-            with contextlib.suppress(OSError, ValueError):
-                message.reply.send(batch.batch_no)
+            if self.fault is not None:
+                self.fault.on_message()
+            self.backlog.append(message)
+            if not self.retry_pending:
+                self._drain()
+        elif isinstance(message, RetryWrites):
+            self.retry_pending = False
+            self._drain()
         elif isinstance(message, Tick):
             self.reporter.maybe(message.now_ns, self.status())
         return None
 
+    def _drain(self) -> None:
+        store = self.store
+        while self.backlog:
+            wb = self.backlog[0]
+            batch = wb.batch
+            try:
+                store.write(batch.rows, batch.gaps, batch.sessions)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._schedule_retry(exc)
+                return
+            self.backlog.popleft()
+            self.inflight.release()
+            self.gaps_written += len(batch.gaps)
+            if self.failures:
+                log.warning("database writes resumed", extra={"fields": {
+                    "failed_attempts": self.failures, "backlog_batches": len(self.backlog)}})
+                self.failures = 0
+            now = time.time_ns()
+            lat = self.latency_ms
+            for row in batch.rows:
+                recv = row[_RECV]
+                if recv is not None:
+                    lat.append((now - recv) / 1e6)  # type: ignore[operator]
+            # Only now may the shard forget the batch; a shard that died meanwhile needs no ack.
+            with contextlib.suppress(OSError, ValueError):
+                wb.reply.send(batch.batch_no)
+
+    def _schedule_retry(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.last_error = str(exc)
+        delay = self.backoff.delay(self.failures)
+        full = "full" in str(exc).lower()
+        ok, suppressed = self.rate.allow("full" if full else "locked")
+        if ok:
+            log.log(logging.CRITICAL if full else logging.WARNING,
+                    "database write failed; batch kept and retried", extra={"fields": {
+                        "error": str(exc), "attempt": self.failures, "delay_s": round(delay, 3),
+                        "backlog_batches": len(self.backlog), "suppressed_since_last": suppressed}})
+        self.retry_pending = True
+        tell_later(self.actor_ref, delay, RetryWrites(self.failures))
+
     def status(self) -> dict[str, object]:
         s = self.store
-        return {"state": "running", "messages_in": self.msgs_in, "mailbox": self.actor_inbox.qsize(),
+        lat = sorted(self.latency_ms)
+        pct = {f"p{int(q * 100)}": round(lat[min(len(lat) - 1, int(q * len(lat)))], 3)
+               for q in (0.5, 0.9, 0.99)} if lat else {}
+        return {"state": "retrying" if self.failures else "running", "messages_in": self.msgs_in,
+                "mailbox": self.actor_inbox.qsize(), "backlog_batches": len(self.backlog),
                 "rows_committed": s.rows_inserted, "rows_offered": s.rows_offered, "batches": s.batches,
                 "gaps_written": self.gaps_written, "last_commit_ms": round(s.last_commit_s * 1000, 3),
+                "recv_to_commit_ms": {**pct, "max": round(lat[-1], 3) if lat else None, "samples": len(lat)},
+                "failed_attempts": self.failures, "last_error": self.last_error,
                 "db_path": s.path, "table": s.table}
 
     def on_stop(self) -> None:
+        if self.backlog:
+            # Stopping while the database refuses writes: try once more, then say what is lost.
+            self.retry_pending = False
+            with contextlib.suppress(Exception):
+                self._drain()
+            if self.backlog:
+                log.critical("writer stopped with uncommitted batches", extra={"fields": {
+                    "batches": len(self.backlog), "rows": sum(len(w.batch.rows) for w in self.backlog),
+                    "error": self.last_error}})
         self.reporter.maybe(time.time_ns(), self.status(), force=True)
         self.store.close()
         log.info("writer closed", extra={"fields": {"rows_committed": self.store.rows_inserted,

@@ -21,11 +21,26 @@ class GapRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A websocket session of a shard: opened (``ended_ns`` None) or closed; keyed by (shard, connected)."""
+
+    shard_id: int
+    session_id: int
+    url: str
+    topics: int
+    connected_ns: int
+    ended_ns: int | None
+    reason: str | None
+    graceful: bool | None
+
+
+@dataclass(frozen=True, slots=True)
 class RowBatch:
-    """Rows for the training table (plain tuples in ``recorder.schema.ROW_COLUMNS`` order) and the gap
-    records detected meanwhile; the writer commits both in one transaction."""
+    """Rows for the training table (plain tuples in ``recorder.schema.ROW_COLUMNS`` order) and the gap and
+    session records produced meanwhile; the writer commits them all in one transaction."""
 
     shard_id: int
     rows: tuple[tuple[object, ...], ...]
     gaps: tuple[GapRecord, ...]
     batch_no: int  # per shard incarnation; the writer acknowledges it after the commit
+    sessions: tuple[SessionRecord, ...] = ()

@@ -9,7 +9,8 @@ Rules (architecture.md, bybit-v5.md):
 - a delta before any snapshot, a crossed or locked book after a message, and a rejected frame of the topic
   are gaps as well;
 - while out of sync every frame of the topic is counted as inside the gap, until the next snapshot.
-Every book frame ends in exactly one counter, so frames = rows + stale + in_gap + gaps_opened.
+Every book frame of a topic ends in exactly one counter: frames = rows + stale + in_gap + gaps + rejected
+(``gaps`` counts the frames that opened a gap; rows shed under backpressure move from rows to in_gap).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from messages.writer import GapRecord
 from recorder.features import IsoMillis, make_row
 from recorder.orderbook import OrderBook
 from recorder.protocol import split_topic
+from recorder.schema import COL
+
+_DEPTH = COL["depth"]
+_SYMBOL = COL["symbol"]
 
 # Gap reasons (stable names, stored in l2_gaps.reason).
 GAP_U_JUMP = "u_jump"
@@ -32,6 +37,7 @@ GAP_REJECTED = "rejected_frame"
 GAP_RESTART_DELTA = "restart_delta"
 GAP_DISCONNECT = "disconnect"
 GAP_RESTART = "shard_restart"
+GAP_BACKPRESSURE = "backpressure"
 
 
 @dataclass(slots=True)
@@ -149,6 +155,21 @@ class BookKeeper:
             if (topics is None or st.topic in topics) and st.synced:
                 self._open_gap(st, GAP_DISCONNECT, st.last_u, None, count_frame=False, resync=False)
 
+    def on_backpressure(self) -> None:
+        """The writer cannot keep up and rows had to be shed: every synced topic has a gap until the
+        link drains and a resubscribe brings fresh snapshots."""
+        for st in self.topics.values():
+            if st.synced:
+                self._open_gap(st, GAP_BACKPRESSURE, st.last_u, None, count_frame=False, resync=False)
+
+    def shed_rows(self, rows: list[tuple[object, ...]]) -> None:
+        """Account rows that were made but could not be kept: their frames now count as inside the gap."""
+        for row in rows:
+            st = self.topics.get(f"orderbook.{row[_DEPTH]}.{row[_SYMBOL]}")
+            if st is not None:
+                st.rows -= 1
+                st.in_gap += 1
+
     def on_process_restart(self, topics: tuple[str, ...]) -> None:
         """This shard replaces one that died: whatever its topics had in flight is lost, so each topic
         has a gap (last ``u`` unknown) until its first snapshot."""
@@ -193,6 +214,8 @@ class BookKeeper:
                 "stale": st.stale, "in_gap": st.in_gap, "gaps": st.gaps, "resets": st.resets,
                 "rejected": st.rejected, "orphan_deletes": st.orphan_deletes,
                 "last_ts_ms": st.last_ts_ms, "last_recv_ns": st.last_recv_ns,
+                # frames = rows + stale + in_gap + gaps + rejected, always: every frame accounted for
+                "unaccounted": st.frames - st.rows - st.stale - st.in_gap - st.gaps - st.rejected,
             }
             for t, st in self.topics.items()
         }

@@ -55,6 +55,11 @@ class RecorderConfig:
     reconnect_delay_max_s: float = 60.0
     connect_timeout_s: float = 10.0
     ping_interval_s: float = 20.0
+    pong_timeout_s: float = 10.0
+    topic_silence_s: float = 60.0
+    max_frame_bytes: int = 4 * 1024 * 1024
+    db_busy_timeout_s: float = 1.0
+    db_max_pages: int = 0
     subscribe_batch_args: int = 10
     shutdown_deadline_s: float = 15.0
     symbols_per_shard: int = 50
@@ -201,6 +206,11 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "connect_timeout_s": lambda k, v: _as_float(k, v, 0.1, 300.0),
     "ping_interval_s": lambda k, v: _as_float(k, v, 0.05, 540.0),
     "subscribe_batch_args": lambda k, v: _as_int(k, v, 1, 10),
+    "pong_timeout_s": lambda k, v: _as_float(k, v, 0.05, 600.0),
+    "topic_silence_s": lambda k, v: _as_float(k, v, 0.0, 86_400.0),
+    "max_frame_bytes": lambda k, v: _as_int(k, v, 64 * 1024, 1 << 30),
+    "db_busy_timeout_s": lambda k, v: _as_float(k, v, 0.0, 600.0),
+    "db_max_pages": lambda k, v: _as_int(k, v, 0, 1 << 40),
     "shutdown_deadline_s": lambda k, v: _as_float(k, v, 0.5, 3600.0),
     "symbols_per_shard": lambda k, v: _as_int(k, v, 1, 10_000),
     "heartbeat_timeout_s": lambda k, v: _as_float(k, v, 0.5, 3600.0),

@@ -95,6 +95,25 @@ CREATE TABLE IF NOT EXISTS {GAPS_TABLE} (
 """
 
 
+SESSIONS_TABLE = "l2_sessions"
+SESSIONS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SESSIONS_TABLE} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    shard INTEGER NOT NULL,
+    session INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    topics INTEGER NOT NULL,
+    connected_at TEXT NOT NULL,
+    connected_ns INTEGER NOT NULL,
+    ended_at TEXT,
+    ended_ns INTEGER,
+    reason TEXT,
+    graceful INTEGER,
+    UNIQUE (shard, connected_ns)
+)
+"""
+
+
 def table_ddl(table: str) -> str:
     cols = ",\n    ".join(f"{n} {t}" for n, t in (*SEED_COLUMNS, *ADDED_COLUMNS))
     return f"CREATE TABLE IF NOT EXISTS {table} (\n    {cols}\n)"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from messages.writer import GapRecord
+from messages.writer import GapRecord, SessionRecord
 from recorder.features import IsoMillis
 from recorder.schema import (
     ADDED_COLUMNS,
@@ -21,6 +21,8 @@ from recorder.schema import (
     GAPS_TABLE,
     ROW_COLUMNS,
     SEED_COLUMNS,
+    SESSIONS_DDL,
+    SESSIONS_TABLE,
     index_ddl,
     table_ddl,
 )
@@ -39,13 +41,27 @@ class Migration:
     added_columns: tuple[str, ...]
 
 
-def connect(path: str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
-    """Open the database for writing: WAL, synchronous=NORMAL, explicit transactions."""
-    conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+def connect(path: str, *, busy_timeout_s: float = 1.0, max_pages: int = 0) -> sqlite3.Connection:
+    """Open the database for writing: WAL, synchronous=NORMAL, explicit transactions.
+
+    ``busy_timeout_s`` is how long SQLite itself waits on another process's lock before it reports
+    ``database is locked``; the writer then retries with backoff, and logs while it does.
+    """
+    conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
+    if max_pages:
+        conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
     return conn
+
+
+TRANSIENT_ERRORS = ("database is locked", "database table is locked", "database or disk is full", "disk i/o error",
+                    "unable to open database file")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors that go away by themselves (a lock released, disk space freed): retry, never drop the batch."""
+    return isinstance(exc, sqlite3.OperationalError) and any(t in str(exc).lower() for t in TRANSIENT_ERRORS)
 
 
 def ensure_schema(conn: sqlite3.Connection, table: str) -> Migration:
@@ -69,6 +85,7 @@ def ensure_schema(conn: sqlite3.Connection, table: str) -> Migration:
         for ddl in index_ddl(table):
             conn.execute(ddl)
         conn.execute(GAPS_DDL)
+        conn.execute(SESSIONS_DDL)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -87,10 +104,10 @@ def insert_sql(table: str) -> str:
 class Store:
     """The writer's handle on the database; counts what it committed."""
 
-    def __init__(self, path: str, table: str) -> None:
+    def __init__(self, path: str, table: str, *, busy_timeout_s: float = 1.0, max_pages: int = 0) -> None:
         self.path = path
         self.table = table
-        self.conn = connect(path)
+        self.conn = connect(path, busy_timeout_s=busy_timeout_s, max_pages=max_pages)
         self.migration = ensure_schema(self.conn, table)
         self._insert = insert_sql(table)
         self._iso = IsoMillis()
@@ -99,8 +116,9 @@ class Store:
         self.batches = 0
         self.last_commit_s = 0.0
 
-    def write(self, rows: Sequence[Sequence[object]], gaps: Iterable[GapRecord] = ()) -> int:
-        """Write rows and gap records in one transaction; returns the rows actually inserted."""
+    def write(self, rows: Sequence[Sequence[object]], gaps: Iterable[GapRecord] = (),
+              sessions: Iterable[SessionRecord] = ()) -> int:
+        """Write rows, gap and session records in one transaction; returns the rows actually inserted."""
         t0 = time.perf_counter()
         conn = self.conn
         conn.execute("BEGIN")
@@ -111,6 +129,8 @@ class Store:
             inserted = conn.total_changes - before
             for gap in gaps:
                 self._write_gap(gap)
+            for session in sessions:
+                self._write_session(session)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -141,6 +161,18 @@ class Store:
                 (gap.category, gap.topic, gap.symbol, gap.depth, gap.last_u, gap.got_u, gap.reason,
                  detected_at, gap.detected_ns, recovered_at, gap.recovered_ns),
             )
+
+    def _write_session(self, s: SessionRecord) -> None:
+        iso = self._iso
+        self.conn.execute(
+            f"INSERT INTO {SESSIONS_TABLE} (shard, session, url, topics, connected_at, connected_ns, ended_at,"
+            " ended_ns, reason, graceful) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (shard, connected_ns) DO UPDATE SET ended_at = excluded.ended_at,"
+            " ended_ns = excluded.ended_ns, reason = excluded.reason, graceful = excluded.graceful",
+            (s.shard_id, s.session_id, s.url, s.topics, iso(s.connected_ns // 1_000_000), s.connected_ns,
+             None if s.ended_ns is None else iso(s.ended_ns // 1_000_000), s.ended_ns, s.reason,
+             None if s.graceful is None else int(s.graceful)),
+        )
 
     def close(self) -> None:
         self.conn.close()

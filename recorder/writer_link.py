@@ -48,10 +48,22 @@ class WriterLink:
         self.thread = threading.Thread(target=self._run, name="writer-link", daemon=True)
         self.thread.start()
 
-    def put(self, rows: tuple[tuple[object, ...], ...], gaps: tuple[object, ...], shard_id: int) -> None:
+    def put(self, rows: tuple[tuple[object, ...], ...], gaps: tuple[object, ...], shard_id: int,
+            sessions: tuple[object, ...] = ()) -> None:
         """Queue a batch; blocks while ``capacity`` batches are already waiting."""
         self.next_no += 1
-        self.pending.put(RowBatch(shard_id, rows, gaps, self.next_no))  # type: ignore[arg-type]
+        self.pending.put(RowBatch(shard_id, rows, gaps, self.next_no, sessions))  # type: ignore[arg-type]
+
+    def try_put(self, rows: tuple[tuple[object, ...], ...], gaps: tuple[object, ...], shard_id: int,
+                sessions: tuple[object, ...] = ()) -> bool:
+        """Queue a batch unless ``capacity`` batches already wait; False means the writer is too slow."""
+        batch = RowBatch(shard_id, rows, gaps, self.next_no + 1, sessions)  # type: ignore[arg-type]
+        try:
+            self.pending.put_nowait(batch)
+        except queue.Full:
+            return False
+        self.next_no += 1
+        return True
 
     def depth(self) -> int:
         return self.pending.qsize() + len(self.unacked)
