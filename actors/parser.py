@@ -72,10 +72,12 @@ class ParserActor(pykka.ThreadingActor):
             kind, obj = classify(payload, recv_ns)
             if kind is BOOK:
                 upd: BookUpdate = obj  # type: ignore[assignment]
-                if (topics is not None and upd.topic not in topics) or (
-                        symbols is not None and upd.symbol not in symbols) or (
+                if topics is not None and upd.topic not in topics:
+                    counts["reject:unknown_topic"] = counts.get("reject:unknown_topic", 0) + 1
+                    continue
+                if (symbols is not None and upd.symbol not in symbols) or (
                         depth is not None and upd.depth != depth):
-                    counts["filtered"] += 1
+                    counts["filtered"] += 1  # replay: --symbols/--depth given
                     continue
                 items.append(upd)
             elif kind is REJECT:
@@ -109,8 +111,12 @@ class ParserActor(pykka.ThreadingActor):
             self.connection.tell(ServerReply(reply.kind, reply.ok, reply.req_id, reply.message, recv_ns))
 
     def status(self) -> dict[str, object]:
+        c = self.counts
+        # frames = book + reply + other_topic + filtered + every reject reason, always
+        accounted = c["book"] + c["reply"] + c["other_topic"] + c["filtered"] + sum(
+            v for k, v in c.items() if k.startswith("reject:"))
         return {"state": "running", "messages_in": self.msgs_in, "mailbox": self.actor_inbox.qsize(),
-                "batches_out": self.batches_out, **self.counts}
+                "batches_out": self.batches_out, **c, "unaccounted": c["frames"] - accounted}
 
     def on_stop(self) -> None:
         self.reporter.maybe(time.time_ns(), self.status(), force=True)
