@@ -99,10 +99,11 @@ class BookKeeper:
             if upd.u == 1 and st.last_u is not None and st.last_u > 1:
                 st.resets += 1
                 self.resets.append((st.topic, st.last_u))
+            prev_u = st.last_u
             book.replace(upd.bids, upd.asks)
             st.last_u = upd.u
             if book.crossed():
-                self._open_gap(st, GAP_CROSSED, st.last_u, upd.u)
+                self._open_gap(st, GAP_CROSSED, prev_u, upd.u)
                 return None
             if not st.synced:
                 st.synced = True

@@ -16,12 +16,11 @@ A side with no levels leaves the features that need it NULL.
 from __future__ import annotations
 
 import time
+from operator import mul
 
 from messages.book import BookUpdate
 from recorder.orderbook import OrderBook
 from recorder.schema import N_LEVELS
-
-_PAD: tuple[None, ...] = (None,) * (2 * N_LEVELS)
 
 
 class IsoMillis:
@@ -51,36 +50,42 @@ def make_row(
     iso: IsoMillis,
 ) -> tuple[object, ...]:
     """The training row for ``book`` as it stands after applying ``upd``."""
-    bids = book.top_bids(N_LEVELS)
-    asks = book.top_asks(N_LEVELS)
-    bid_cols = [x for lvl in bids for x in lvl]
-    ask_cols = [x for lvl in asks for x in lvl]
-    if len(bids) < N_LEVELS:
-        bid_cols += _PAD[: 2 * (N_LEVELS - len(bids))]
-    if len(asks) < N_LEVELS:
-        ask_cols += _PAD[: 2 * (N_LEVELS - len(asks))]
-
-    nb = bids[:n] if n < N_LEVELS else bids
-    na = asks[:n] if n < N_LEVELS else asks
-    tbv = sum(s for _, s in nb) if nb else None
-    tav = sum(s for _, s in na) if na else None
-    wbp = sum(p * s for p, s in nb) / tbv if tbv else None
-    wap = sum(p * s for p, s in na) / tav if tav else None
+    # Slices, map and sum run in C: this is the hottest function after orjson (one call per frame).
+    bp = book.bid_px[:-N_LEVELS - 1:-1]  # best first
+    ap = book.ask_px[:N_LEVELS]
+    bs = list(map(book.bids.__getitem__, bp))
+    as_ = list(map(book.asks.__getitem__, ap))
+    nb = len(bp)
+    na = len(ap)
+    bid_cols: list[object] = [None] * (2 * N_LEVELS)
+    bid_cols[0:2 * nb:2] = bp
+    bid_cols[1:2 * nb:2] = bs
+    ask_cols: list[object] = [None] * (2 * N_LEVELS)
+    ask_cols[0:2 * na:2] = ap
+    ask_cols[1:2 * na:2] = as_
+    if n < N_LEVELS:
+        bp, bs, ap, as_ = bp[:n], bs[:n], ap[:n], as_[:n]
+    tbv = sum(bs)
+    tav = sum(as_)
+    wbp = sum(map(mul, bp, bs)) / tbv if tbv else None
+    wap = sum(map(mul, ap, as_)) / tav if tav else None
     mid = spread = spread_bps = micro = imb = None
-    if bids and asks:
-        b1, bs1 = bids[0]
-        a1, as1 = asks[0]
+    if nb and na:
+        b1 = bp[0]
+        a1 = ap[0]
+        bs1 = bs[0]
+        as1 = as_[0]
         mid = (b1 + a1) / 2
         spread = a1 - b1
         spread_bps = spread / mid * 10_000
         micro = (b1 * as1 + a1 * bs1) / (bs1 + as1)
-        imb = (tbv - tav) / (tbv + tav)  # type: ignore[operator]
+        imb = (tbv - tav) / (tbv + tav)
     quality = min(1.0, len(book.bids) / n, len(book.asks) / n)
     return (
         iso(upd.ts_ms), upd.symbol, "bybit",
         *bid_cols, *ask_cols,
         mid, spread, spread_bps,
-        tbv if tbv is not None else 0.0, tav if tav is not None else 0.0,
+        float(tbv), float(tav),
         wbp, wap, imb, micro,
         upd.u, upd.seq, quality, data_source,
         upd.u, upd.ts_ms,

@@ -16,6 +16,7 @@ import orjson
 from messages.book import BookUpdate, Level, RejectedFrame
 
 INF = float("inf")
+_TS_MAX_MS = 4_102_444_800_000  # 2100-01-01: a larger ts is garbage, not a time
 
 # Kinds returned by classify(); counters are keyed by these and by reject reasons.
 BOOK = "book"
@@ -145,7 +146,7 @@ def classify(payload: str | bytes, recv_ns: int | None) -> tuple[str, object]:
         cts = msg.get("cts")
         if cts is not None:
             cts = _int_field(cts)
-        if u < 0 or ts < 0:
+        if u < 0 or not 0 < ts < _TS_MAX_MS:
             raise _Bad(R_BAD_FIELDS)
         bids = parse_levels(data.get("b"))
         asks = parse_levels(data.get("a"))

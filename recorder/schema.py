@@ -121,7 +121,9 @@ def table_ddl(table: str) -> str:
 
 def index_ddl(table: str) -> tuple[str, ...]:
     return (
-        f"CREATE UNIQUE INDEX IF NOT EXISTS ux_{table}_natural_key ON {table} ({', '.join(NATURAL_KEY)})",
+        # COALESCE: option frames carry no seq, and NULLs never collide in a UNIQUE index, so a replay
+        # would insert them again.
+        f"CREATE UNIQUE INDEX IF NOT EXISTS ux_{table}_natural_key ON {table} "
+        f"({', '.join('COALESCE(cross_sequence, -1)' if c == 'cross_sequence' else c for c in NATURAL_KEY)})",
         f"CREATE INDEX IF NOT EXISTS ix_{table}_symbol_exchange_ts ON {table} (symbol, exchange_timestamp)",
-        f"CREATE INDEX IF NOT EXISTS ix_{table}_symbol_timestamp ON {table} (symbol, timestamp)",
     )
