@@ -157,3 +157,26 @@ def test_bybit_refusal_is_logged_with_the_topic_and_the_rest_goes_on(server: Fak
     assert refusal["topic"] == "orderbook.50.NOSUCHSYM"
     assert "Invalid symbol" in str(refusal["ret_msg"])
     assert rec.query(f"SELECT DISTINCT symbol FROM {TABLE}") == [("BTCUSDT",)]
+
+
+def test_data_before_the_ack_is_recorded_and_json_pings_are_answered(tmp_path: Path):
+    # Bybit was seen sending 13 data frames before the subscribe ack: data must not wait for the ack.
+    with FakeBybit(symbols=["BTCUSDT"], interval_ms=5, data_before_ack=13, seed=4) as srv:
+        rec = RecorderProcess(tmp_path, srv.url, "BTCUSDT", env={"L2REC_PING_INTERVAL_S": "0.2"})
+        try:
+            rec.wait_rows(60)
+            dump = wait_for(lambda: (d := rec.dump()) and d["actors"].get("shard:0:connection", {}).get("pongs", 0)
+                            >= 2 and d, 30, "pongs in the dump")
+            assert rec.stop() == 0
+        finally:
+            rec.kill()
+        replies = srv.sent_replies()
+        frames = srv.records()
+    first_ack = next(i for i, r in enumerate(frames) if r.topic is None and '"op":"subscribe"' in r.text)
+    assert sum(1 for r in frames[:first_ack] if r.topic is not None) >= 13
+    assert {frame_key(r.text) for r in frames if r.topic is not None} <= recorded_keys(rec)
+    conn = dump["actors"]["shard:0:connection"]
+    assert conn["pings"] >= conn["pongs"] >= 2
+    assert any('"ret_msg":"pong"' in r for r in replies)
+    parser = dump["actors"]["shard:0:parser"]
+    assert parser["reply:pong"] >= 2 and parser["reply:ack"] == 1 and parser["unaccounted"] == 0
