@@ -13,10 +13,18 @@ Every frame is sent by one writer task per connection, in queue order, and recor
 frame whose send raised is never recorded. "Sent" means handed to the OS: a frame sent just before the
 client's close frame arrived can be in the record although the client never read it.
 
+Scripted faults (``Fault``, given to the constructor or ``FakeBybit.inject()`` at run time) make the
+fake misbehave the ways the real feed can: ``u`` gaps and restarts, stale, crossed, malformed and
+oversized frames, dropped, closed and stalled connections, ignored unsubscribes. Every frame a fault
+puts on the wire is in the record with its exact text and ``SentFrame.fault`` set; faults that send
+nothing are recorded as ``kind == "event"`` records (topic None), so a test can recompute what a
+correct client must have stored from exactly what was sent.
+
 CLI::
 
     python tests/fakes/bybit_server.py --port 8765 --symbols BTCUSDT,ETHUSDT --interval-ms 20 \\
-        [--max-frames N] [--record frames.jsonl] [--seed 1] [--data-before-ack N]
+        [--max-frames N] [--record frames.jsonl] [--seed 1] [--data-before-ack N] \\
+        [--fault "u_jump:topic=orderbook.50.BTCUSDT,after=100,arg=5,once=false" ...]
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -37,6 +46,8 @@ from typing import IO, Any, TypeVar
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import EXTERNAL_CLOSE_CODES
+from websockets.protocol import State
 
 if __package__:
     from .synthetic import VALID_DEPTHS, SyntheticBook
@@ -66,16 +77,142 @@ _TOPIC_RE = re.compile(r"orderbook\.(" + "|".join(map(str, VALID_DEPTHS)) + r")\
 KIND_SNAPSHOT = "snapshot"
 KIND_DELTA = "delta"
 KIND_REPLY = "reply"
+KIND_INVALID = "invalid"  # a data frame of a topic whose "type" is neither snapshot nor delta, or not JSON
+KIND_EVENT = "event"  # not a frame: a fault that sent nothing (drop, close, stall, ignored unsubscribe)
+
+# Fault kinds, by what they act on.
+FEED_FAULTS = frozenset({"u_jump", "u_restart"})  # the topic's shared book: every subscriber sees them
+FRAME_FAULTS = frozenset({"stale", "crossed", "malformed", "oversized"})  # one extra frame, one subscription
+CONN_FAULTS = frozenset({"drop", "close", "stall", "unsub_ignored"})  # the subscription's connection
+FAULT_KINDS = FEED_FAULTS | FRAME_FAULTS | CONN_FAULTS
+MALFORMED_VARIANTS: tuple[str, ...] = (
+    "nan", "inf", "1e400", "1_000", "neg_size", "empty_symbol", "bad_type", "not_json",
+)
+UNSUB_MODES: tuple[str, ...] = ("silent", "ack")
+_DEFAULT_ARG: dict[str, int | str] = {
+    "u_jump": 5, "stale": 2, "malformed": "nan", "oversized": 32 * 2**20, "close": 1000,
+    "unsub_ignored": "silent",
+}
+_MIN_OVERSIZED = 1024  # the JSON envelope (topic, type, ts) must fit; anything smaller is not "oversized"
+_STALE_HISTORY = 32  # regular frames remembered per subscription, for "stale" re-sends
+CLOSE_REASON = "maintenance"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A scripted misbehaviour of the fake server.
+
+    When: a fault fires once ``topic`` (any topic if None) has had ``after_frames`` data frames queued
+    on a connection since the fault was armed (``inject()``), or -- for faults given to the constructor
+    -- since the subscription started (topic given; a resubscribe restarts the count) or the connection
+    opened (topic None). Faults are checked at the topic's push ticks, so none fires before the
+    subscription's snapshot; with ``after_frames >= 1`` exactly ``after_frames`` data frames of the topic
+    (of any topic if None) precede the fault's frame or event on that connection. ``once`` True: the
+    fault fires one time in all; False: it stays armed and fires again after another ``after_frames``
+    frames on the same subscription (connection), and on every other one.
+
+    What (``arg`` default in brackets):
+
+    * ``u_jump`` [5]: the topic's book silently applies ``arg`` unsent deltas, so the next pushed frame
+      has ``u == last + arg + 1``. Every subscriber of the topic gets that frame (the book is shared).
+    * ``u_restart``: the book moves on once (unsent) and restarts its counter: every subscriber gets a
+      snapshot with ``u == 1`` (``seq`` still rising), then deltas ``u == 2, 3, ...``.
+    * ``stale`` [2]: one subscription gets again the regular frame sent ``arg`` pushes ago (2: its ``u``
+      is the last ``u`` - 1; 1 is a plain duplicate). Waits until that many were sent.
+    * ``crossed``: one extra frame claiming the next ``u`` and ``seq`` whose bid is one tick above the best
+      ask; the book does not apply it. The next regular delta claims the same ``u``.
+    * ``malformed`` [``"nan"``]: one extra frame of the topic, claiming the next ``u``, whose content is
+      invalid: ``"nan"``, ``"inf"``, ``"1e400"``, ``"1_000"`` (a bid price), ``"neg_size"`` (size
+      ``"-1"``), ``"empty_symbol"`` (``data.s == ""``), ``"bad_type"`` (``type == "update"``),
+      ``"not_json"`` (``{"topic":"<topic>", garbage``). The other variants carry the best bid unchanged
+      (level 1: a snapshot of best bid and ask), so the book misses nothing but that frame.
+    * ``oversized`` [32 MiB]: one text frame of exactly ``arg`` bytes: a JSON object with the topic, type
+      ``"delta"``, ts and a ``"pad"`` string. Recorded once handed to the socket even if the client
+      refuses it mid-transfer.
+    * ``drop``: abort the connection (no close frame: the client sees 1006).
+    * ``close`` [1000]: close handshake with code ``arg`` and reason ``"maintenance"``.
+    * ``stall``: the connection stays open but nothing more is sent on it -- no data, no JSON pongs, no
+      acks, no RFC 6455 pongs -- until the client closes it (its close frame is still answered).
+    * ``unsub_ignored`` [``"silent"``]: from then on the connection ignores unsubscribe requests: no
+      reply (``"silent"``) or a success ack (``"ack"``), and the topic keeps streaming either way. Each
+      ignored request is an event record (``{"event":"unsub_ignored","arg":mode,"args":[...]}``).
+
+    Recorded as: injected frames with ``SentFrame.fault == kind`` (u_jump/u_restart: the frame every
+    subscriber got); drop/close/stall as an event record queued behind the frames before it, so its
+    position among the connection's records is where it happened on the wire.
+    """
+
+    kind: str
+    topic: str | None = None
+    after_frames: int = 0
+    arg: int | float | str | None = None
+    once: bool = True
+
+    def __post_init__(self) -> None:
+        """Refuse a fault that could never fire as asked, at construction rather than mid-test."""
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; one of {sorted(FAULT_KINDS)}")
+        if not isinstance(self.after_frames, int) or self.after_frames < 0:
+            raise ValueError(f"after_frames must be an int >= 0, got {self.after_frames!r}")
+        if self.topic is not None and _TOPIC_RE.fullmatch(self.topic) is None:
+            raise ValueError(f"not an orderbook topic: {self.topic!r}")
+        arg = self.effective_arg
+        if self.kind == "malformed" and arg not in MALFORMED_VARIANTS:
+            raise ValueError(f"malformed arg must be one of {MALFORMED_VARIANTS}, got {arg!r}")
+        if self.kind == "unsub_ignored" and arg not in UNSUB_MODES:
+            raise ValueError(f"unsub_ignored arg must be one of {UNSUB_MODES}, got {arg!r}")
+        if self.kind == "u_jump" and not (isinstance(arg, int) and arg >= 1):
+            raise ValueError(f"u_jump arg must be an int >= 1 (update ids skipped), got {arg!r}")
+        if self.kind == "stale" and not (isinstance(arg, int) and 1 <= arg <= _STALE_HISTORY):
+            raise ValueError(f"stale arg must be an int in 1..{_STALE_HISTORY} (frames back), got {arg!r}")
+        if self.kind == "oversized" and not (isinstance(arg, int) and arg >= _MIN_OVERSIZED):
+            raise ValueError(f"oversized arg must be an int >= {_MIN_OVERSIZED} (bytes), got {arg!r}")
+        if self.kind == "close" and not (isinstance(arg, int) and (arg in EXTERNAL_CLOSE_CODES
+                                                                   or 3000 <= arg <= 4999)):
+            # 1004-1006 and 1015 must never be sent on the wire; websockets refuses them too.
+            raise ValueError(f"close arg must be a sendable close code (1000-1003, 1007-1014, 3000-4999), "
+                             f"got {arg!r}")
+        if self.kind in ("u_restart", "crossed", "drop", "stall") and self.arg is not None:
+            raise ValueError(f"{self.kind} takes no arg, got {self.arg!r}")
+
+    @property
+    def effective_arg(self) -> int | float | str | None:
+        """``arg``, or the kind's default when None (u_jump 5, stale 2, malformed "nan", oversized 32 MiB,
+        close 1000, unsub_ignored "silent")."""
+        return self.arg if self.arg is not None else _DEFAULT_ARG.get(self.kind)
+
+    @classmethod
+    def parse(cls, spec: str) -> Fault:
+        """``"kind"`` or ``"kind:topic=T,after=N,arg=X,once=false"`` (for the CLI's ``--fault``)."""
+        kind, _, rest = spec.partition(":")
+        kw: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"bad fault option {item!r} in {spec!r}")
+            if key == "topic":
+                kw["topic"] = value
+            elif key == "after":
+                kw["after_frames"] = int(value)
+            elif key == "once":
+                kw["once"] = value.lower() not in ("0", "false", "no")
+            elif key == "arg":
+                kw["arg"] = int(value) if re.fullmatch(r"\d+", value) else value
+            else:
+                raise ValueError(f"unknown fault option {key!r} in {spec!r}")
+        return cls(kind.strip(), **kw)
 
 
 @dataclass(frozen=True, slots=True)
 class SentFrame:
-    """One frame the server put on the wire (its ``send`` returned)."""
+    """One frame the server put on the wire (its ``send`` returned), or one fault event."""
 
     conn_id: str
-    topic: str | None  # None for replies (acks, pongs, refusals)
-    kind: str  # "snapshot" | "delta" | "reply"
-    text: str  # the exact JSON text sent
+    topic: str | None  # None for replies (acks, pongs, refusals) and events
+    kind: str  # "snapshot" | "delta" | "invalid" (data frames) | "reply" | "event"
+    text: str  # the exact text sent; for an event, a JSON description of it
+    fault: str | None = None  # the Fault.kind that produced this frame or event; None for normal frames
+    fault_arg: int | float | str | None = None  # that fault's effective arg
 
 
 @dataclass(slots=True)
@@ -83,6 +220,8 @@ class _Out:
     text: str
     topic: str | None
     kind: str
+    fault: str | None = None
+    fault_arg: int | float | str | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -101,6 +240,9 @@ class _Sub:
     cap: int | None  # data frames allowed for this subscription (None: unlimited)
     queued: int = 0
     pending_ack: _PendingAck | None = None
+    counts: dict[int, int] = field(default_factory=dict)  # _Armed.key -> frames queued since armed
+    # (text, kind) of the last regular frames, for "stale" re-sends.
+    history: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=_STALE_HISTORY))
 
 
 @dataclass(eq=False, slots=True)
@@ -109,6 +251,19 @@ class _Conn:
     conn_id: str
     queue: asyncio.Queue[_Out] = field(default_factory=asyncio.Queue)
     subs: dict[str, _Sub] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)  # topic-less faults: frames of any topic
+    halted: bool = False  # a drop/close/stall is queued: nothing more is queued behind it
+    ignore_unsub: str | None = None  # an "unsub_ignored" mode once that fault fired here
+
+
+@dataclass(eq=False, slots=True)
+class _Armed:
+    """A fault waiting to fire; ``key`` indexes the per-subscription/connection frame counters."""
+
+    fault: Fault
+    key: int
+    fired: int = 0
+    done: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -146,6 +301,7 @@ class _Core:
         max_args: int,
         specs: Mapping[str, tuple[float, float]] | None,
         path: str,
+        faults: Sequence[Fault] = (),
     ) -> None:
         self.requested_port = port
         self.symbols = frozenset(symbols)
@@ -168,6 +324,11 @@ class _Core:
         self._server: Server | None = None
         self._record_fh: IO[bytes] | None = None
         self._conn_rng = random.Random(f"conn|{seed}")
+        self.armed: list[_Armed] = []  # faults not yet spent, in arming order (checked in that order)
+        self._fault_keys = 0
+        self.fired: dict[str, int] = dict.fromkeys(sorted(FAULT_KINDS), 0)  # under self.lock
+        for fault in faults:
+            self.arm(fault)
         # Build every book now: a bad (mid, tick) for some depth fails here, not inside a connection.
         for symbol in sorted(self.symbols):
             for depth in VALID_DEPTHS:
@@ -214,6 +375,11 @@ class _Core:
             conn.ws.transport.abort()
         return len(conns)
 
+    def arm(self, fault: Fault) -> None:
+        """Arm ``fault``: counting starts now (frames queued before this do not count). Loop thread only."""
+        self._fault_keys += 1
+        self.armed.append(_Armed(fault, self._fault_keys))
+
     # ------------------------------------------------------------------------------------ connection
 
     def _new_conn_id(self) -> str:
@@ -250,17 +416,59 @@ class _Core:
                 # Aborted (drop_connections) but not yet seen by the protocol: send() would "succeed"
                 # into a dead transport, so this frame must not be recorded as sent.
                 return
+            if out.kind == KIND_EVENT:
+                # Recorded first: the event is "when it happened", and after an abort nothing is recorded.
+                self._record(conn, out)
+                if out.fault == "drop":
+                    conn.ws.transport.abort()
+                    return
+                if out.fault == "close":
+                    assert isinstance(out.fault_arg, int)
+                    await conn.ws.close(out.fault_arg, CLOSE_REASON)
+                    return
+                if out.fault == "stall":
+                    self._mute(conn)
+                    return  # nothing more is ever sent by us on this connection
+                continue  # unsub_ignored: nothing to do on the wire
+            # Written to the transport iff the connection is open right now: send() does that before its
+            # first await. Only an oversized frame is recorded even when send() then fails: the client is
+            # expected to refuse it halfway, and tests need to see that it went out.
+            written = conn.ws.protocol.state is State.OPEN
             try:
                 await conn.ws.send(out.text)
             except ConnectionClosed:
+                if written and out.fault == "oversized":
+                    self._record(conn, out)
                 return  # not recorded: this frame may never have left
             self._record(conn, out)
 
+    @staticmethod
+    def _mute(conn: _Conn) -> None:
+        """Stop the websockets library itself from sending on ``conn``, except to answer a close.
+
+        A stall must silence RFC 6455 pongs too (a client's keepalive has to see it), and the library
+        answers pings on its own: filter what it writes. Close frames and the EOF still pass, so a client
+        that gives up and closes gets a normal handshake instead of waiting out its close timeout."""
+        ws = conn.ws
+
+        def send_data() -> None:
+            for data in ws.protocol.data_to_send():
+                if not data:
+                    if ws.transport.can_write_eof():
+                        with contextlib.suppress(Exception):  # as websockets does: the peer may be gone
+                            ws.transport.write_eof()
+                    else:
+                        ws.transport.close()
+                elif data[0] & 0x0F == 0x8:  # opcode of the frame: 0x8 is close
+                    ws.transport.write(data)
+
+        ws.send_data = send_data  # type: ignore[method-assign]
+
     def _record(self, conn: _Conn, out: _Out) -> None:
-        frame = SentFrame(conn.conn_id, out.topic, out.kind, out.text)
+        frame = SentFrame(conn.conn_id, out.topic, out.kind, out.text, out.fault, out.fault_arg)
         with self.lock:
             self.records.append(frame)
-        if self._record_fh is not None and out.kind != KIND_REPLY:
+        if self._record_fh is not None and out.topic is not None:
             # One exact frame per line, like Bybit's own dumps: the file replays as a stream.
             self._record_fh.write(out.text.encode() + b"\n")
             self._record_fh.flush()
@@ -268,7 +476,8 @@ class _Core:
     # -------------------------------------------------------------------------------------- requests
 
     def _reply(self, conn: _Conn, obj: Mapping[str, Any]) -> None:
-        conn.queue.put_nowait(_Out(_dumps(obj), None, KIND_REPLY))
+        if not conn.halted:
+            conn.queue.put_nowait(_Out(_dumps(obj), None, KIND_REPLY))
 
     def _on_request(self, conn: _Conn, raw: str | bytes) -> None:
         try:
@@ -316,6 +525,12 @@ class _Core:
             return
         ack = {"success": True, "ret_msg": "", "conn_id": conn.conn_id, "req_id": rid, "op": op}
         if op == "unsubscribe":
+            if conn.ignore_unsub is not None:
+                # An "unsub_ignored" fault fired on this connection: the topics keep streaming.
+                self._event(conn, "unsub_ignored", conn.ignore_unsub, args=args)
+                if conn.ignore_unsub == "ack":
+                    self._reply(conn, ack)
+                return
             # Frames of the topic already queued go out before the ack; none are queued after it.
             for topic in args:
                 sub = conn.subs.pop(topic, None) if isinstance(topic, str) else None
@@ -387,15 +602,118 @@ class _Core:
             return
         sub.pending_ack = None
         pending.waiting.discard(sub)
-        if not pending.waiting:
+        if not pending.waiting and not sub.conn.halted:
             sub.conn.queue.put_nowait(_Out(pending.text, None, KIND_REPLY))
 
-    def _offer(self, sub: _Sub, text: str, kind: str) -> None:
+    def _offer(self, sub: _Sub, text: str, kind: str, fault: str | None = None,
+               fault_arg: int | float | str | None = None) -> None:
+        conn = sub.conn
+        if conn.halted:
+            return  # a drop/close/stall is queued: nothing behind it would ever be sent
         if sub.cap is None or sub.queued < sub.cap:
-            sub.conn.queue.put_nowait(_Out(text, sub.feed.topic, kind))
+            conn.queue.put_nowait(_Out(text, sub.feed.topic, kind, fault, fault_arg))
             sub.queued += 1
+            # Count for the armed faults (after_frames): queue order is wire order, so "N frames queued
+            # before the fault" is "N frames sent before it".
+            for armed in self.armed:
+                topic = armed.fault.topic
+                if topic is None:
+                    conn.counts[armed.key] = conn.counts.get(armed.key, 0) + 1
+                elif topic == sub.feed.topic:
+                    sub.counts[armed.key] = sub.counts.get(armed.key, 0) + 1
         if sub.cap is not None and sub.queued >= sub.cap:
             sub.feed.subs.discard(sub)  # capped: stays subscribed, silent
+
+    def _event(self, conn: _Conn, kind: str, arg: int | float | str | None, **detail: Any) -> None:
+        """Queue a fault event record (sends nothing itself; the writer acts on drop/close/stall)."""
+        text = _dumps({"event": kind, **({"arg": arg} if arg is not None else {}), **detail})
+        conn.queue.put_nowait(_Out(text, None, KIND_EVENT, kind, arg))
+
+    # ---------------------------------------------------------------------------------------- faults
+
+    def _due(self, sub: _Sub) -> list[_Armed]:
+        """The armed faults whose frame count on ``sub`` (or its connection) has been reached."""
+        due = []
+        for armed in self.armed:
+            topic = armed.fault.topic
+            if topic is None:
+                n = sub.conn.counts.get(armed.key, 0)
+            elif topic == sub.feed.topic:
+                n = sub.counts.get(armed.key, 0)
+            else:
+                continue
+            if n >= armed.fault.after_frames:
+                due.append(armed)
+        return due
+
+    def _spend(self, armed: _Armed, subs: Iterable[_Sub]) -> None:
+        """Count a firing; retire a once-fault, or restart the count of a repeating one on ``subs``."""
+        armed.fired += 1
+        with self.lock:
+            self.fired[armed.fault.kind] += 1
+        if armed.fault.once:
+            armed.done = True
+            self.armed.remove(armed)
+            return
+        for sub in subs:
+            counts = sub.conn.counts if armed.fault.topic is None else sub.counts
+            counts[armed.key] = 0
+
+    def _next_claim(self, book: SyntheticBook) -> tuple[int, int]:
+        """The (u, seq) an injected frame claims: those the next regular frame will carry, so the client
+        cannot tell it apart by its counters alone."""
+        return book.u + 1, book.seq + 1
+
+    def _extra_frame(self, sub: _Sub, fault: Fault) -> tuple[str, str] | None:
+        """(text, kind) of the one frame a FRAME_FAULTS fault sends on ``sub``; None: not possible yet."""
+        feed, book = sub.feed, sub.feed.book
+        arg = fault.effective_arg
+        ts = _now_ms()
+        if fault.kind == "stale":
+            assert isinstance(arg, int)
+            if len(sub.history) < arg:
+                return None  # not enough sent yet: try again at the next push
+            return sub.history[-arg]
+        if fault.kind == "oversized":
+            assert isinstance(arg, int)
+            head = f'{{"topic":"{feed.topic}","type":"delta","ts":{ts},"pad":"'
+            tail = '"}'
+            return head + "x" * (arg - len(head) - len(tail)) + tail, KIND_INVALID
+        if fault.kind == "malformed" and arg == "not_json":
+            return f'{{"topic":"{feed.topic}", garbage', KIND_INVALID
+        kind = KIND_SNAPSHOT if book.depth == 1 else KIND_DELTA
+        best_bid, best_ask = book.top_levels()
+        bid = book.crossing_bid() if fault.kind == "crossed" else best_bid
+        # Level 1 is snapshot-only: a one-level-per-side snapshot. Deeper: a delta of one bid.
+        asks = [best_ask] if book.depth == 1 else []
+        u, seq = self._next_claim(book)
+        msg = book.forge(kind, ts, [bid], asks, u=u, seq=seq)
+        if fault.kind == "malformed":
+            if arg in ("nan", "inf", "1e400", "1_000"):
+                msg["data"]["b"][0][0] = arg
+            elif arg == "neg_size":
+                msg["data"]["b"][0][1] = "-1"
+            elif arg == "empty_symbol":
+                msg["data"]["s"] = ""
+            elif arg == "bad_type":
+                msg["type"] = "update"
+                kind = KIND_INVALID
+        return _dumps(msg), kind
+
+    def _conn_fault(self, sub: _Sub, fault: Fault) -> None:
+        """Fire a CONN_FAULTS fault on ``sub``'s connection."""
+        conn = sub.conn
+        arg = fault.effective_arg
+        if fault.kind == "unsub_ignored":
+            assert isinstance(arg, str)
+            conn.ignore_unsub = arg
+            return
+        # The writer acts when it reaches the event, i.e. after everything queued before it went out.
+        if fault.kind == "close":
+            self._event(conn, fault.kind, arg, reason=CLOSE_REASON)
+        else:
+            self._event(conn, fault.kind, None)
+        conn.halted = True
 
     async def _produce(self, feed: _Feed) -> None:
         loop = asyncio.get_running_loop()
@@ -409,14 +727,58 @@ class _Core:
                     due = loop.time()  # far behind (suspended?): do not burst to catch up
                 if not feed.subs:
                     break
-                msg = feed.book.next_message(_now_ms())
-                text = _dumps(msg)
-                kind = msg["type"]
-                for sub in list(feed.subs):
-                    self._offer(sub, text, kind)
-                    self._release_ack(sub, pending_check=True)
+                self._push(feed)
         finally:
             feed.task = None
+
+    def _push(self, feed: _Feed) -> None:
+        """One push tick of ``feed``: fire the faults that are due, then send the regular frame."""
+        subs = list(feed.subs)
+        due = {sub: self._due(sub) for sub in subs} if self.armed else {}
+        # Per-subscription faults first, while the book still is what the client last saw: an injected
+        # frame claims the u the client expects next and is built against the book the client holds.
+        for sub in subs:
+            for armed in due.get(sub, ()):
+                fault = armed.fault
+                if armed.done or fault.kind in FEED_FAULTS or sub.conn.halted:
+                    continue  # spent on another subscription this tick, or the connection is ending
+                if fault.kind in FRAME_FAULTS:
+                    extra = self._extra_frame(sub, fault)
+                    if extra is None:
+                        continue
+                    self._offer(sub, extra[0], extra[1], fault.kind, fault.effective_arg)
+                    self._spend(armed, [sub])  # after the offer: its own frame must not count for next time
+                else:
+                    self._spend(armed, [sub])
+                    self._conn_fault(sub, fault)
+        # At most one feed fault per tick (it decides what this tick's frame is); another waits a tick.
+        feed_fault = next((a for sub in subs for a in due.get(sub, ())
+                           if a.fault.kind in FEED_FAULTS and not a.done), None)
+        ts = _now_ms()
+        tag: str | None = None
+        tag_arg: int | float | str | None = None
+        if feed_fault is not None:
+            tag, tag_arg = feed_fault.fault.kind, feed_fault.fault.effective_arg
+        if tag == "u_jump":
+            assert isinstance(tag_arg, int)
+            feed.book.skip(tag_arg, ts)
+            msg = feed.book.next_message(ts)
+        elif tag == "u_restart":
+            feed.book.restart(ts)
+            msg = feed.book.snapshot(ts)
+        else:
+            msg = feed.book.next_message(ts)
+        text = _dumps(msg)
+        kind = msg["type"]
+        for sub in subs:
+            self._offer(sub, text, kind, tag, tag_arg)
+            if tag == "u_restart":
+                sub.history.clear()  # a stale re-send must not reach back across (or replay) the restart
+            else:
+                sub.history.append((text, kind))
+            self._release_ack(sub, pending_check=True)
+        if feed_fault is not None:
+            self._spend(feed_fault, subs)  # after the offers, for the same reason as above
 
 
 class FakeBybit:
@@ -444,6 +806,7 @@ class FakeBybit:
         max_args: int = 10,
         specs: Mapping[str, tuple[float, float]] | None = None,
         path: str = DEFAULT_PATH,
+        faults: Sequence[Fault] = (),
     ) -> None:
         """Configure; nothing listens until ``start()``.
 
@@ -451,7 +814,8 @@ class FakeBybit:
         ``max_frames_per_topic`` caps the data frames (snapshot included) of each subscription; a capped
         subscription stays subscribed and silent. ``data_before_ack`` N > 0 holds a subscribe ack back
         until every topic it subscribed has had N data frames queued (Bybit was seen sending 13 first).
-        ``specs`` maps symbol -> (mid, tick) for the synthetic books.
+        ``specs`` maps symbol -> (mid, tick) for the synthetic books. ``faults`` are armed from the
+        start (see ``Fault``); more can be added with ``inject()``.
         """
         self._core = _Core(
             port=port,
@@ -464,6 +828,7 @@ class FakeBybit:
             max_args=max_args,
             specs=specs,
             path=path,
+            faults=faults,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -502,6 +867,19 @@ class FakeBybit:
 
         return self._call(drop(), timeout)
 
+    def inject(self, fault: Fault, timeout: float = 5.0) -> None:
+        """Arm ``fault`` now (thread-safe): its ``after_frames`` count starts when this returns.
+
+        Before ``start()`` this is the same as passing it to the constructor."""
+        if self._loop is None:
+            self._core.arm(fault)
+            return
+
+        async def arm() -> None:
+            self._core.arm(fault)
+
+        self._call(arm(), timeout)
+
     def __enter__(self) -> FakeBybit:
         return self.start()
 
@@ -538,18 +916,50 @@ class FakeBybit:
         return self._core.bad_requests
 
     def records(self) -> list[SentFrame]:
-        """Every frame sent (data and replies), all connections, in send order."""
+        """Every frame sent (data and replies) and every fault event, all connections, in send order."""
         with self._core.lock:
             return list(self._core.records)
 
     def sent_frames(self, topic: str | None = None, conn_id: str | None = None) -> list[str]:
-        """The exact JSON text of every data frame sent, in send order, optionally filtered."""
+        """The exact text of every data frame sent (those of a topic: snapshots, deltas and the frames
+        faults injected), in send order, optionally filtered. Replies and events are not included."""
         return [
             r.text
             for r in self.records()
-            if r.kind != KIND_REPLY and (topic is None or r.topic == topic)
+            if r.topic is not None and (topic is None or r.topic == topic)
             and (conn_id is None or r.conn_id == conn_id)
         ]
+
+    def events(self, conn_id: str | None = None) -> list[SentFrame]:
+        """The fault events (drop, close, stall, ignored unsubscribe), in the order they happened."""
+        return [r for r in self.records() if r.kind == KIND_EVENT and conn_id in (None, r.conn_id)]
+
+    def fault_records(self, kind: str | None = None) -> list[SentFrame]:
+        """Every record a fault produced (frames and events), optionally of one fault kind."""
+        return [r for r in self.records() if r.fault is not None and kind in (None, r.fault)]
+
+    def stats(self) -> dict[str, int]:
+        """How many times each fault kind fired so far (every kind is present; 0 when it never fired).
+
+        "Fired" is when the server decided it (the frame or event is queued then); the record shows when
+        it reached the wire. A feed fault (u_jump, u_restart) counts once however many subscribers."""
+        with self._core.lock:
+            return dict(self._core.fired)
+
+    @property
+    def faults_fired(self) -> int:
+        """Total fault firings so far, all kinds."""
+        return sum(self.stats().values())
+
+    def pending_faults(self, timeout: float = 5.0) -> list[Fault]:
+        """Faults still armed (once-faults not yet fired, and every repeating fault)."""
+        if self._loop is None:
+            return [a.fault for a in self._core.armed]
+
+        async def read() -> list[Fault]:
+            return [a.fault for a in self._core.armed]
+
+        return self._call(read(), timeout)
 
     def sent_replies(self, conn_id: str | None = None) -> list[str]:
         """The exact JSON text of every reply (ack, pong, refusal) sent, in send order."""
@@ -624,6 +1034,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-before-ack", type=int, default=0,
                    help="send this many data frames of each new subscription before its ack")
     p.add_argument("--path", default=DEFAULT_PATH, help="path printed in the URL (any path is accepted)")
+    p.add_argument("--fault", action="append", default=[], type=Fault.parse, metavar="SPEC",
+                   help='arm a fault: "kind[:topic=T,after=N,arg=X,once=false]"; repeatable')
     return p.parse_args(argv)
 
 
@@ -642,6 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
         max_args=10,
         specs=None,
         path=args.path,
+        faults=args.fault,
     )
 
     async def run() -> None:
@@ -663,7 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot listen on {HOST}:{args.port}: {exc}", file=sys.stderr)
         return 1
     with core.lock:
-        n = sum(1 for r in core.records if r.kind != KIND_REPLY)
+        n = sum(1 for r in core.records if r.topic is not None)
     print(f"stopped; {n} data frames sent over {core.total_connections} connections", file=sys.stderr)
     return 0
 

@@ -168,6 +168,45 @@ class SyntheticBook:
             return self.snapshot(ts_ms)
         return self.delta(ts_ms)
 
+    # --------------------------------------------------------------------------- fault injection
+    # Used by the fake server to script gaps, restarts and bad frames. None of these touch the book's
+    # random stream except skip() and restart(), which evolve the book exactly like unsent deltas.
+
+    def skip(self, n: int, ts_ms: int) -> None:
+        """Evolve the book ``n`` times as if ``n`` deltas had been published but never sent (``u`` += n).
+
+        A client that misses them holds a book that really differs from this one: a true gap."""
+        for _ in range(n):
+            self.delta(ts_ms)
+
+    def restart(self, ts_ms: int) -> None:
+        """Model Bybit's service restart: the book moves on once (unsent), then ``u`` starts over at 1.
+
+        ``seq`` keeps rising (it is the engine's cross sequence, not the feed's counter). The next
+        ``snapshot()`` carries ``u == 1`` and the next delta ``u == 2``."""
+        self.delta(ts_ms)
+        self._u = 1
+
+    def top_levels(self) -> tuple[list[str], list[str]]:
+        """The best bid and best ask as published ``[price, size]`` strings."""
+        bid, ask = self._bid_px[-1], self._ask_px[0]
+        return ([self._price_str(bid), self._size_str(self._bid_sz[bid])],
+                [self._price_str(ask), self._size_str(self._ask_sz[ask])])
+
+    def crossing_bid(self) -> list[str]:
+        """A ``[price, size]`` bid one tick above the best ask: applied to this book it crosses it."""
+        return [self._price_str(self._ask_px[0] + 1), self._size_str(1000)]
+
+    def forge(self, kind: str, ts_ms: int, bids: list[list[str]], asks: list[list[str]], *, u: int,
+              seq: int) -> Msg:
+        """A message shaped exactly like this topic's (key order, fields) with the given content.
+
+        The book is not changed: the caller decides what the message claims."""
+        msg = self._message(kind, ts_ms, max(0, ts_ms - 20), bids, asks)
+        msg["data"]["u"] = u
+        msg["data"]["seq"] = seq
+        return msg
+
     # ------------------------------------------------------------------------------------ formatting
 
     def _price_str(self, ticks: int) -> str:
