@@ -191,11 +191,24 @@ class Root:
         try:
             return self._supervise()
         finally:
+            self._final_dump()
             pump_stop.set()
             pump.join(timeout=2.0)
             pykka.ActorRegistry.stop_all(block=True, timeout=5.0)
             self.logs.stop()
             shutil.rmtree(self.rundir, ignore_errors=True)
+
+    def _final_dump(self) -> None:
+        """At exit, once every child's last report arrived (its uplink reached EOF), write the dump: the
+        final counters of the run, for the operator and for tests."""
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            with self.uplinks_lock:
+                if not self.uplinks:
+                    break
+            time.sleep(0.02)
+        with contextlib.suppress(Exception):
+            self.health.ask(DumpHealth(self.cfg.health_file, "exit"), timeout=5.0)
 
     def _start(self, child: Child) -> None:
         cfg = self.cfg

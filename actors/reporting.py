@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import resource
 import time
 from typing import Any
 
@@ -28,5 +29,7 @@ class Reporter:
         if self.q is None or (not force and now_ns < self.next_ns):
             return
         self.next_ns = now_ns + REPORT_INTERVAL_NS
+        # The process's peak RSS rides along: the final dump still shows it after the process exited.
+        stats["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         with contextlib.suppress(queue.Full):
             self.q.put_nowait(Status(self.role, self.actor, self.shard_id, self.pid, time.time_ns(), stats))
