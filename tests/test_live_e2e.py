@@ -180,3 +180,18 @@ def test_data_before_the_ack_is_recorded_and_json_pings_are_answered(tmp_path: P
     assert any('"ret_msg":"pong"' in r for r in replies)
     parser = dump["actors"]["shard:0:parser"]
     assert parser["reply:pong"] >= 2 and parser["reply:ack"] == 1 and parser["unaccounted"] == 0
+
+
+def test_sigterm_during_a_busy_stream_loses_nothing(tmp_path: Path):
+    symbols = [f"S{i}USDT" for i in range(10)]
+    with FakeBybit(symbols=symbols, interval_ms=2, seed=6) as srv:
+        rec = RecorderProcess(tmp_path, srv.url, ",".join(symbols))
+        try:
+            wait_for(lambda: srv.sent_count() >= 5000, 60, "5000 frames sent")
+            assert rec.stop() == 0, rec.stderr_text()[-3000:]
+        finally:
+            rec.kill()
+        sent = [frame_key(f) for f in sent_book_frames(srv)]
+    assert len(sent) >= 5000
+    assert set(sent) <= recorded_keys(rec)
+    assert rec.row_count() == len(sent)
