@@ -34,6 +34,8 @@ R_BAD_LEVEL = "bad_level"
 R_SYMBOL = "bad_symbol"
 R_UNKNOWN_SHAPE = "unknown_shape"
 
+_new_update = BookUpdate._make
+
 _TOPIC_IN_TEXT = re.compile(r"(orderbook\.\d+\.[A-Za-z0-9\-_]+)")
 
 
@@ -59,29 +61,29 @@ class _Bad(Exception):
         self.reason = reason
 
 
-def _plain_decimal(s: object) -> bool:
-    # Plain non-negative decimal only: float() would also take "nan", "inf", "1e5", "1_000", " 1", "+1".
-    return s.__class__ is str and s.isascii() and s.replace(".", "", 1).isdigit()  # type: ignore[union-attr]
-
-
 def parse_levels(raw: object) -> tuple[Level, ...]:
-    """``[["price","size"], ...]`` -> ``((price, size), ...)`` floats; raises ``_Bad`` on any bad level."""
+    """``[["price","size"], ...]`` -> ``((price, size), ...)`` floats; raises ``_Bad`` on any bad level.
+
+    Only plain non-negative decimals pass: ``float()`` alone would also take "nan", "inf", "1e5",
+    "1_000", " 1", "+1" and non-ASCII digits. Inlined (no helper calls): it runs for every level.
+    """
     if raw.__class__ is not list:
         raise _Bad(R_BAD_LEVEL)
     out: list[Level] = []
     append = out.append
-    for lvl in raw:  # type: ignore[attr-defined]
-        if lvl.__class__ is not list or len(lvl) < 2:
+    try:
+        for lvl in raw:  # type: ignore[attr-defined]
+            p = lvl[0]
+            s = lvl[1]
+            if p.isascii() and s.isascii() and p.replace(".", "", 1).isdigit() and s.replace(".", "", 1).isdigit():
+                fp = float(p)
+                fs = float(s)
+                if 0.0 < fp < INF and fs < INF:
+                    append((fp, fs))
+                    continue
             raise _Bad(R_BAD_LEVEL)
-        p = lvl[0]
-        s = lvl[1]
-        if not (_plain_decimal(p) and _plain_decimal(s)):
-            raise _Bad(R_BAD_LEVEL)
-        fp = float(p)
-        fs = float(s)
-        if not (0.0 < fp < INF and fs < INF):
-            raise _Bad(R_BAD_LEVEL)
-        append((fp, fs))
+    except (TypeError, AttributeError, IndexError, KeyError):  # not a list of [str, str]
+        raise _Bad(R_BAD_LEVEL) from None
     return tuple(out)
 
 
@@ -152,7 +154,7 @@ def classify(payload: str | bytes, recv_ns: int | None) -> tuple[str, object]:
         asks = parse_levels(data.get("a"))
     except _Bad as bad:
         return REJECT, RejectedFrame(bad.reason, topic, recv_ns)
-    return BOOK, BookUpdate(topic, symbol, depth, is_snapshot, u, seq, ts, cts, recv_ns, bids, asks)
+    return BOOK, _new_update((topic, symbol, depth, is_snapshot, u, seq, ts, cts, recv_ns, bids, asks))
 
 
 def _reply(msg: dict[str, object], recv_ns: int | None) -> tuple[str, object]:
