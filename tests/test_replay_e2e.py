@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import sqlite3
 import zipfile
 from pathlib import Path
@@ -23,7 +24,8 @@ def rows(db: Path, sql: str = f"SELECT COUNT(*) FROM {TABLE}") -> list[tuple]:
 
 
 def replay(path: Path, db: Path, *extra: str) -> None:
-    res = run_supervisor("--replay", str(path), "--db", str(db), *extra, timeout=120)
+    res = run_supervisor("--replay", str(path), "--db", str(db), "--health-file", str(db) + ".health.json",
+                         *extra, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
 
 
@@ -86,6 +88,13 @@ def test_malformed_lines_are_dropped_and_the_rest_recorded(tmp_path: Path):
     db = tmp_path / "r.db"
     replay(path, db)
     assert rows(db) == [(50,)]
+    # the final health dump accounts for every frame, by reason
+    dump = json.loads(Path(str(db) + ".health.json").read_text())
+    parser = dump["actors"]["shard:0:parser"]
+    assert (parser["frames"], parser["book"], parser["reject:not_json"], parser["reject:bad_topic"],
+            parser["reject:not_object"], parser["unaccounted"]) == (58, 50, 4, 2, 2, 0)
+    topic = dump["topics"]["orderbook.500.XRPUSDT"]
+    assert (topic["frames"], topic["rows"], topic["unaccounted"], topic["synced"]) == (50, 50, 0, True)
 
 
 def test_a_rejected_frame_of_the_topic_is_a_gap_and_no_row_until_the_next_snapshot(tmp_path: Path):
