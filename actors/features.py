@@ -31,6 +31,8 @@ from recorder.writer_link import WriterLink
 
 log = logging.getLogger("actors.features")
 
+RESYNC_RETRY_NS = 10_000_000_000
+
 
 class FeaturesActor(pykka.ThreadingActor):
     def __init__(
@@ -75,7 +77,8 @@ class FeaturesActor(pykka.ThreadingActor):
         self.rows_shed = 0
         self.backpressured = False
         self.rate = RateLimited(10.0)
-        self.pending_resync: set[str] = set()
+        # topic -> when (ns) its resubscribe was requested; retried if no snapshot came within RESYNC_RETRY_NS
+        self.pending_resync: dict[str, int] = {}
         # topic -> last time (ns) it showed life or was resubscribed: the per-topic watchdog
         self.topic_seen_ns: dict[str, int] = {}
         self.silence_ns = int(cfg.topic_silence_s * 1e9)
@@ -125,6 +128,8 @@ class FeaturesActor(pykka.ThreadingActor):
             self._flush()
         if self.backpressured and self.link.depth() <= self.link.capacity // 2:
             self._recover_from_backpressure()
+        if self.pending_resync and not self.backpressured:
+            self._retry_stuck_resyncs(now_ns)
         if self.silence_ns and self.connection is not None and self.topic_seen_ns:
             self._watch_silence(now_ns)
         self.reporter.maybe(now_ns, self.status())
@@ -178,15 +183,13 @@ class FeaturesActor(pykka.ThreadingActor):
         if self.backpressured:
             return  # resubscribed together once the link drained
         for topic, reason in resyncs:
-            if self.connection is not None and topic not in self.pending_resync:
-                self.pending_resync.add(topic)
-                self.connection.tell(Resubscribe(topic, reason))
+            self._request_resync(topic, reason)
 
     def _flush(self) -> None:
         if not self.rows and not self.gaps and not self.sessions:
             return
         # Any snapshot since the resync request closed the gap; allow new requests for those topics.
-        self.pending_resync = {t for t in self.pending_resync if not self.keeper.topics[t].synced}
+        self.pending_resync = {t: ns for t, ns in self.pending_resync.items() if not self.keeper.topics[t].synced}
         rows, gaps, sessions = tuple(self.rows), tuple(self.gaps), tuple(self.sessions)
         if self.credits is not None:
             self.link.put(rows, gaps, self.shard_id, sessions)  # replay: wait for the writer
@@ -217,9 +220,24 @@ class FeaturesActor(pykka.ThreadingActor):
         log.warning("link drained; resubscribing for fresh snapshots", extra={"fields": {
             "shard": self.shard_id, "topics": len(topics), "rows_shed_total": self.rows_shed}})
         for topic in topics:
-            if self.connection is not None and topic not in self.pending_resync:
-                self.pending_resync.add(topic)
-                self.connection.tell(Resubscribe(topic, "backpressure"))
+            self._request_resync(topic, "backpressure")
+
+    def _request_resync(self, topic: str, reason: str) -> None:
+        if self.connection is None or topic in self.pending_resync:
+            return
+        self.pending_resync[topic] = time.time_ns()
+        self.connection.tell(Resubscribe(topic, reason))
+
+    def _retry_stuck_resyncs(self, now_ns: int) -> None:
+        """A resubscribe that brought no snapshot (refused, lost) must not leave a topic unsynced for good."""
+        topics = self.keeper.topics
+        for topic, asked_ns in list(self.pending_resync.items()):
+            if topics[topic].synced:
+                del self.pending_resync[topic]
+            elif now_ns - asked_ns > RESYNC_RETRY_NS:
+                del self.pending_resync[topic]
+                log.warning("no snapshot after resubscribing; asking again", extra={"fields": {"topic": topic}})
+                self._request_resync(topic, "resync_retry")
 
     def status(self) -> dict[str, object]:
         link = self.link
