@@ -145,7 +145,9 @@ class Root:
         # A replay shard is done when it ends normally; a failing replay escalates at its breaker's first
         # opening rather than waiting out cooldowns.
         shard_restart = "transient" if replay else cfg.shard_restart
-        groups: list[tuple[str, ...]] = [()] if replay else cfg.shard_topics()
+        # Replay: the file's topics are split over replay_shards processes (each reads the file and keeps
+        # its own topics); live: symbols_per_shard topics per process and connection.
+        groups: list[tuple[str, ...]] = [()] * cfg.replay_shards if replay else cfg.shard_topics()
         self.shards = [
             Child(f"shard-{i}", "shard", i, topics,
                   ChildPolicy(f"shard-{i}", cfg.policy(shard_restart, critical=replay)),
@@ -225,7 +227,8 @@ class Root:
             child.retry_after = self.ctx.Value("d", 0.0, lock=False)
             proc = self.ctx.Process(target=run_shard, name=child.name,
                                     args=(child.shard_id, cfg, child.topics, self.writer_address, ctl_child,
-                                          up_child, child.retry_after, child.policy.restarts))
+                                          up_child, child.retry_after, child.policy.restarts,
+                                          (child.shard_id, len(self.shards))))
         proc.start()
         ctl_child.close()
         up_child.close()

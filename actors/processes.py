@@ -70,7 +70,8 @@ def _ticker(refs: list[pykka.ActorRef[Any]], stop: threading.Event) -> None:
 
 
 def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], writer_address: str,
-              ctl: Connection, uplink_conn: Connection, retry_after: Any, incarnation: int) -> None:
+              ctl: Connection, uplink_conn: Connection, retry_after: Any, incarnation: int,
+              partition: tuple[int, int] = (0, 1)) -> None:
     """Shard process: one source (websocket or replay file), its parser and features actors.
 
     The shard is the unit of failure: if any of its actors dies (including in ``on_start``), the process
@@ -94,7 +95,7 @@ def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], write
     link = WriterLink(writer_address, capacity=cfg.writer_queue_batches)
 
     if replay:
-        source = ReplayActor.start(cfg.replay, credits, on_fatal)
+        source = ReplayActor.start(cfg.replay, credits, on_fatal, partition)
     else:
         source = ConnectionActor.start(cfg, shard_id, topics, on_fatal,
                                        Reporter(uplink, "shard", "connection", shard_id), faults)
@@ -157,7 +158,7 @@ def run_writer(cfg: RecorderConfig, address: str, ctl: Connection, uplink_conn: 
     """Writer process: accepts shard links, hands batches to the WriterActor, acks after each commit."""
     uplink = _child_setup(uplink_conn, cfg.log_level, "writer")
     faults = Faults.from_env()
-    inflight = threading.Semaphore(4)
+    inflight = threading.Semaphore(32)  # batches handed to the actor, not yet committed (group commit)
     try:
         writer = WriterActor.start(cfg, inflight, Reporter(uplink, "writer", "writer", None), faults)
     except Exception:

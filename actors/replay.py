@@ -21,9 +21,10 @@ log = logging.getLogger("actors.replay")
 
 class ReplayActor(pykka.ThreadingActor):
     def __init__(self, path: str, credits: threading.Semaphore, on_fatal: Any,
-                 batch_lines: int = 1000) -> None:
+                 partition: tuple[int, int] = (0, 1), batch_lines: int = 1000) -> None:
         super().__init__()
         self.path = path
+        self.partition = partition
         self.credits = credits
         self.on_fatal = on_fatal
         self.batch_lines = batch_lines
@@ -40,7 +41,7 @@ class ReplayActor(pykka.ThreadingActor):
 
     def _read(self, parser: pykka.ActorRef[Any]) -> None:
         try:
-            for batch in read_batches(self.path, self.batch_lines):
+            for batch in read_batches(self.path, self.batch_lines, self.partition):
                 while not self.credits.acquire(timeout=0.5):
                     if self.stop_reading.is_set():
                         return

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import chain
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -33,6 +34,7 @@ from recorder.storage import Store, is_transient
 log = logging.getLogger("actors.writer")
 
 _RECV = COL["recv_time_ns"]
+MAX_GROUP_ROWS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class WriterActor(pykka.ThreadingActor):
         self.reporter = reporter
         self.fault = faults.for_actor("writer")
         self.gaps_written = 0
+        self.batches_committed = 0
         self.msgs_in = 0
         self.backlog: deque[WriteBatch] = deque()
         self.failures = 0
@@ -92,33 +95,46 @@ class WriterActor(pykka.ThreadingActor):
         return None
 
     def _drain(self) -> None:
+        # Group commit: everything waiting goes into one transaction (up to MAX_GROUP_ROWS rows). Live,
+        # many shards each flush small batches every write_interval; one commit per batch would cost more
+        # than the rows themselves.
         store = self.store
         while self.backlog:
-            wb = self.backlog[0]
-            batch = wb.batch
+            group: list[WriteBatch] = []
+            n_rows = 0
+            for wb in self.backlog:
+                if group and n_rows + len(wb.batch.rows) > MAX_GROUP_ROWS:
+                    break
+                group.append(wb)
+                n_rows += len(wb.batch.rows)
+            batches = [wb.batch for wb in group]
+            rows = list(chain.from_iterable(b.rows for b in batches)) if len(batches) > 1 else batches[0].rows
             try:
-                store.write(batch.rows, batch.gaps, batch.sessions)
+                store.write(rows, chain.from_iterable(b.gaps for b in batches),
+                            chain.from_iterable(b.sessions for b in batches))
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 self._schedule_retry(exc)
                 return
-            self.backlog.popleft()
-            self.inflight.release()
-            self.gaps_written += len(batch.gaps)
             if self.failures:
                 log.warning("database writes resumed", extra={"fields": {
                     "failed_attempts": self.failures, "backlog_batches": len(self.backlog)}})
                 self.failures = 0
             now = time.time_ns()
             lat = self.latency_ms
-            for row in batch.rows:
+            for row in rows:
                 recv = row[_RECV]
                 if recv is not None:
                     lat.append((now - recv) / 1e6)  # type: ignore[operator]
-            # Only now may the shard forget the batch; a shard that died meanwhile needs no ack.
-            with contextlib.suppress(OSError, ValueError):
-                wb.reply.send(batch.batch_no)
+            for wb in group:
+                self.backlog.popleft()
+                self.inflight.release()
+                self.gaps_written += len(wb.batch.gaps)
+                self.batches_committed += 1
+                # Only now may the shard forget the batch; a shard that died meanwhile needs no ack.
+                with contextlib.suppress(OSError, ValueError):
+                    wb.reply.send(wb.batch.batch_no)
 
     def _schedule_retry(self, exc: BaseException) -> None:
         self.failures += 1
@@ -141,7 +157,8 @@ class WriterActor(pykka.ThreadingActor):
                for q in (0.5, 0.9, 0.99)} if lat else {}
         return {"state": "retrying" if self.failures else "running", "messages_in": self.msgs_in,
                 "mailbox": self.actor_inbox.qsize(), "backlog_batches": len(self.backlog),
-                "rows_committed": s.rows_inserted, "rows_offered": s.rows_offered, "batches": s.batches,
+                "rows_committed": s.rows_inserted, "rows_offered": s.rows_offered,
+                "batches": self.batches_committed, "transactions": s.batches,
                 "gaps_written": self.gaps_written, "last_commit_ms": round(s.last_commit_s * 1000, 3),
                 "recv_to_commit_ms": {**pct, "max": round(lat[-1], 3) if lat else None, "samples": len(lat)},
                 "failed_attempts": self.failures, "last_error": self.last_error,
@@ -160,4 +177,5 @@ class WriterActor(pykka.ThreadingActor):
         self.reporter.maybe(time.time_ns(), self.status(), force=True)
         self.store.close()
         log.info("writer closed", extra={"fields": {"rows_committed": self.store.rows_inserted,
-                                                   "batches": self.store.batches}})
+                                                   "batches": self.batches_committed,
+                                                   "transactions": self.store.batches}})

@@ -63,6 +63,7 @@ class RecorderConfig:
     subscribe_batch_args: int = 10
     shutdown_deadline_s: float = 15.0
     symbols_per_shard: int = 50
+    replay_shards: int = 2
     heartbeat_timeout_s: float = 30.0
     restart_backoff_min_s: float = 0.5
     restart_backoff_max_s: float = 60.0
@@ -213,6 +214,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "db_max_pages": lambda k, v: _as_int(k, v, 0, 1 << 40),
     "shutdown_deadline_s": lambda k, v: _as_float(k, v, 0.5, 3600.0),
     "symbols_per_shard": lambda k, v: _as_int(k, v, 1, 10_000),
+    "replay_shards": lambda k, v: _as_int(k, v, 1, 64),
     "heartbeat_timeout_s": lambda k, v: _as_float(k, v, 0.5, 3600.0),
     "restart_backoff_min_s": lambda k, v: _as_float(k, v, 0.0, 3600.0),
     "restart_backoff_max_s": lambda k, v: _as_float(k, v, 0.0, 86_400.0),

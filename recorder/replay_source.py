@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -39,12 +40,40 @@ def read_lines(path: str | Path) -> Iterator[bytes]:
                 yield line
 
 
-def read_batches(path: str | Path, batch: int) -> Iterator[list[bytes]]:
+def read_batches(path: str | Path, batch: int, partition: tuple[int, int] = (0, 1)) -> Iterator[list[bytes]]:
+    """Lines in lists of ``batch``, only those of ``partition`` = (index, count)."""
+    index, count = partition
     out: list[bytes] = []
     for line in read_lines(path):
+        if count > 1 and not in_partition(line, index, count):
+            continue
         out.append(line)
         if len(out) >= batch:
             yield out
             out = []
     if out:
         yield out
+
+
+_TOPIC_KEY = b'"topic":"'
+
+
+def line_topic(line: bytes) -> bytes | None:
+    """The value of the first ``"topic"`` key, found without parsing (Bybit puts it first); None if absent."""
+    i = line.find(_TOPIC_KEY)
+    if i < 0:
+        return None
+    i += len(_TOPIC_KEY)
+    j = line.find(b'"', i)
+    return line[i:j] if j > i else None
+
+
+def in_partition(line: bytes, index: int, count: int) -> bool:
+    """Whether replay shard ``index`` of ``count`` owns this line: every line of a topic goes to the same
+    shard (by CRC32 of the topic), lines without a readable topic to shard 0."""
+    if count == 1:
+        return True
+    topic = line_topic(line)
+    if topic is None:
+        return index == 0
+    return zlib.crc32(topic) % count == index

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, run_supervisor
+from tests.conftest import DATA, clean_env, run_supervisor
 
 NAUTILUS = "nautilus_trader__2024-12-01_XRPUSDT_ob500.data"
 FASTMM = "FastMM__raw_md_stream.jsonl"
@@ -90,9 +90,15 @@ def test_malformed_lines_are_dropped_and_the_rest_recorded(tmp_path: Path):
     assert rows(db) == [(50,)]
     # the final health dump accounts for every frame, by reason
     dump = json.loads(Path(str(db) + ".health.json").read_text())
-    parser = dump["actors"]["shard:0:parser"]
-    assert (parser["frames"], parser["book"], parser["reject:not_json"], parser["reject:bad_topic"],
-            parser["reject:not_object"], parser["unaccounted"]) == (58, 50, 4, 2, 2, 0)
+    # (replay splits the file's topics over replay_shards processes: add their parsers up)
+    parsers = [a for name, a in dump["actors"].items() if name.endswith(":parser")]
+    assert len(parsers) == 2
+
+    def total(key: str) -> int:
+        return sum(int(p.get(key, 0)) for p in parsers)
+
+    assert (total("frames"), total("book"), total("reject:not_json"), total("reject:bad_topic"),
+            total("reject:not_object"), total("unaccounted")) == (58, 50, 4, 2, 2, 0)
     topic = dump["topics"]["orderbook.500.XRPUSDT"]
     assert (topic["frames"], topic["rows"], topic["unaccounted"], topic["synced"]) == (50, 50, 0, True)
 
@@ -111,3 +117,15 @@ def test_a_rejected_frame_of_the_topic_is_a_gap_and_no_row_until_the_next_snapsh
     assert rows(db) == [(10,)]
     gaps = rows(db, "SELECT topic, reason, last_u, recovered_at IS NOT NULL FROM l2_gaps")
     assert gaps == [("orderbook.500.XRPUSDT", "rejected_frame", 20254878, 1)]
+
+
+def test_replay_shards_split_topics_and_agree_with_a_single_shard(tmp_path: Path):
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    replay(DATA / FASTMM, one, "--category", "spot")
+    res = run_supervisor("--replay", str(DATA / FASTMM), "--db", str(two), "--category", "spot",
+                         "--health-file", str(two) + ".json", timeout=120,
+                         env={**clean_env(), "L2REC_REPLAY_SHARDS": "3"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    cols = "symbol, depth, sequence, exchange_timestamp, bid_price_1, ask_price_1, microprice, data_quality_score"
+    q = f"SELECT {cols} FROM {TABLE} ORDER BY depth, sequence, exchange_timestamp"
+    assert rows(one, q) == rows(two, q) and len(rows(one, q)) == 33
