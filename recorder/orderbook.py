@@ -8,21 +8,34 @@ than anything with Decimal.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from messages.book import Level
 
+INF = float("inf")
+
 
 class OrderBook:
-    """Sizes are absolute: a level's size replaces the old one, size 0 deletes the level."""
+    """Sizes are absolute: a level's size replaces the old one, size 0 deletes the level.
 
-    __slots__ = ("ask_px", "asks", "bid_px", "bids")
+    ``bid_top_dirty``/``ask_top_dirty`` say whether a side's best ``top_n`` levels may have changed since
+    the features last read them: most deltas touch deeper levels only, and then the previous row's level
+    columns and sums are still right (``bid_cache``/``ask_cache`` hold them for ``features.make_row``).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("ask_cache", "ask_px", "ask_top_dirty", "asks", "bid_cache", "bid_px", "bid_top_dirty", "bids",
+                 "top_n")
+
+    def __init__(self, top_n: int = 10) -> None:
+        self.top_n = top_n
         self.bids: dict[float, float] = {}
         self.asks: dict[float, float] = {}
         self.bid_px: list[float] = []  # ascending; best bid is the last
         self.ask_px: list[float] = []  # ascending; best ask is the first
+        self.bid_top_dirty = True
+        self.ask_top_dirty = True
+        self.bid_cache: object = None
+        self.ask_cache: object = None
 
     def replace(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
         """Load a snapshot: the book becomes exactly these levels (zero sizes skipped)."""
@@ -30,9 +43,20 @@ class OrderBook:
         self.asks = {p: s for p, s in asks if s > 0.0}
         self.bid_px = sorted(self.bids)
         self.ask_px = sorted(self.asks)
+        self.bid_top_dirty = self.ask_top_dirty = True
 
-    def apply(self, bids: Iterable[Level], asks: Iterable[Level]) -> int:
+    def apply(self, bids: Sequence[Level], asks: Sequence[Level]) -> int:
         """Apply a delta; returns how many deletes named a level that was not there (tolerated)."""
+        n = self.top_n
+        if bids and not self.bid_top_dirty:
+            # A change strictly below the n-th best bid cannot alter the best n (insert, update or delete).
+            px = self.bid_px
+            floor = px[-n] if len(px) >= n else -INF
+            self.bid_top_dirty = any(p >= floor for p, _ in bids)
+        if asks and not self.ask_top_dirty:
+            px = self.ask_px
+            ceiling = px[n - 1] if len(px) >= n else INF
+            self.ask_top_dirty = any(p <= ceiling for p, _ in asks)
         return _apply_side(self.bids, self.bid_px, bids) + _apply_side(self.asks, self.ask_px, asks)
 
     def clear(self) -> None:
