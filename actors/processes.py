@@ -27,12 +27,11 @@ from actors.replay import ReplayActor
 from actors.reporting import Reporter
 from actors.writer import WriteBatch, WriterActor
 from messages.control import Begin, Tick
-from messages.writer import RowBatch
 from recorder.config import RecorderConfig
 from recorder.faults import Faults
 from recorder.logs import child_logging
 from recorder.uplink import Uplink
-from recorder.writer_link import WriterLink
+from recorder.writer_link import WriterLink, decode
 
 log = logging.getLogger("actors.processes")
 
@@ -194,11 +193,14 @@ def run_writer(cfg: RecorderConfig, address: str, ctl: Connection, uplink_conn: 
             break
         for conn in wait(conns, timeout=0.05) if conns else ():
             try:
-                batch = conn.recv()  # type: ignore[union-attr]
+                batch = decode(conn.recv_bytes())  # type: ignore[union-attr]
             except (EOFError, OSError):
                 conns.remove(conn)  # type: ignore[arg-type]
                 continue
-            if not isinstance(batch, RowBatch):
+            except (ValueError, TypeError):  # not a batch: a broken peer; drop its connection
+                log.error("undecodable batch; dropping that shard's link")
+                conns.remove(conn)  # type: ignore[arg-type]
+                conn.close()  # type: ignore[union-attr]
                 continue
             while not inflight.acquire(timeout=0.5):
                 if not writer.is_alive():
