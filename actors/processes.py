@@ -35,7 +35,7 @@ from recorder.writer_link import WriterLink, decode
 
 log = logging.getLogger("actors.processes")
 
-TICK_S = 0.02
+TICK_S = 0.05  # flush-by-age granularity and watchdogs; finer ticks cost live CPU for nothing
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_DB = 3

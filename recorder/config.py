@@ -62,7 +62,7 @@ class RecorderConfig:
     db_max_pages: int = 0
     subscribe_batch_args: int = 10
     shutdown_deadline_s: float = 15.0
-    symbols_per_shard: int = 50
+    symbols_per_shard: int = 250
     replay_shards: int = 2
     heartbeat_timeout_s: float = 30.0
     restart_backoff_min_s: float = 0.5
