@@ -174,9 +174,8 @@ class ConnectionActor(pykka.ThreadingActor):
         if msg.graceful:
             # A server's orderly close (maintenance, rebalancing) is not a failure: reconnect at once.
             self.failures = 0
-            self._connect(1)
-            if self.ws is not None:
-                return
+            self._connect(1)  # on failure it schedules the next attempt itself
+            return
         self._schedule_reconnect(1, msg.reason)
 
     def _on_tick(self, now_ns: int) -> None:

@@ -195,3 +195,27 @@ def test_sigterm_during_a_busy_stream_loses_nothing(tmp_path: Path):
     assert len(sent) >= 5000
     assert set(sent) <= recorded_keys(rec)
     assert rec.row_count() == len(sent)
+
+
+def test_reconnects_with_capped_jittered_backoff_until_the_exchange_is_reachable(tmp_path: Path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on (yet)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}/v5/public/linear"
+    env = {"L2REC_RECONNECT_DELAY": "0.1", "L2REC_RECONNECT_DELAY_MAX_S": "0.4"}
+    rec = RecorderProcess(tmp_path, url, "BTCUSDT", env=env)
+    try:
+        wait_for(lambda: len(rec.log_events("reconnect scheduled")) >= 5, 30, "five refused connects")
+        with FakeBybit(symbols=["BTCUSDT"], interval_ms=5, port=port) as srv:
+            rec.wait_rows(30)
+            assert rec.stop() == 0
+            sent = {frame_key(f) for f in sent_book_frames(srv)}
+    finally:
+        rec.kill()
+    delays = [r["delay_s"] for r in rec.log_events("reconnect scheduled")][:5]
+    for attempt, delay in enumerate(delays, start=1):
+        base = min(0.4, 0.1 * 2 ** (attempt - 1))
+        assert base * 0.8 <= delay <= base * 1.2, (attempt, delay)
+    assert sent <= recorded_keys(rec)
