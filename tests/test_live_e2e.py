@@ -219,3 +219,49 @@ def test_reconnects_with_capped_jittered_backoff_until_the_exchange_is_reachable
         base = min(0.4, 0.1 * 2 ** (attempt - 1))
         assert base * 0.8 <= delay <= base * 1.2, (attempt, delay)
     assert sent <= recorded_keys(rec)
+
+
+def test_tls_certificates_are_verified(tmp_path: Path):
+    """A wss endpoint with a certificate no CA vouches for is refused, never recorded from."""
+    import asyncio
+    import ssl
+    import threading
+
+    import trustme
+    import websockets
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    accepted = threading.Event()
+    ready = threading.Event()
+    port_box: list[int] = []
+    stop = threading.Event()
+
+    async def handler(ws):
+        accepted.set()  # only reached if the client accepted our certificate
+        await ws.send('{"topic":"orderbook.50.BTCUSDT"}')
+
+    async def main():
+        async with websockets.serve(handler, "127.0.0.1", 0, ssl=server_ctx) as server:
+            port_box.append(server.sockets[0].getsockname()[1])
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    ready.wait(10)
+    rec = RecorderProcess(tmp_path, f"wss://127.0.0.1:{port_box[0]}/v5/public/linear", "BTCUSDT",
+                          env={"L2REC_RECONNECT_DELAY": "0.1", "L2REC_RECONNECT_DELAY_MAX_S": "0.2"})
+    try:
+        wait_for(lambda: len(rec.log_events("reconnect scheduled")) >= 2, 30, "refused TLS handshakes")
+        assert rec.stop() == 0
+    finally:
+        rec.kill()
+        stop.set()
+        thread.join(timeout=10)
+    reasons = [str(r["reason"]) for r in rec.log_events("reconnect scheduled")]
+    assert all("CERTIFICATE_VERIFY_FAILED" in r for r in reasons), reasons
+    assert not accepted.is_set()
+    assert rec.row_count() == 0
