@@ -90,7 +90,14 @@ class HealthActor(pykka.ThreadingActor):
             if isinstance(link, dict):
                 queues[f"shard-{st.shard_id}->writer"] = {"depth": link.get("depth"), "capacity": link.get("capacity"),
                                                           "unit": "batches"}
-            actors[key] = {"pid": st.pid, "report_age_s": round((now - st.sent_ns) / 1e9, 3), **stats}
+            # An actor restarts with its process (the shard is the unit of failure): show that child's
+            # supervision state next to the actor's own counters.
+            child = "writer" if st.role == "writer" else f"shard-{st.shard_id}"
+            sup_child = self.supervisor.children.get(child, {}) if self.supervisor else {}
+            actors[key] = {"pid": st.pid, "report_age_s": round((now - st.sent_ns) / 1e9, 3),
+                           "restarts": sup_child.get("restarts"), "breaker": sup_child.get("breaker"),
+                           "next_restart_in_s": sup_child.get("next_restart_in_s"),
+                           "process_last_error": sup_child.get("last_error"), **stats}
         sup = self.supervisor
         return {
             "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
