@@ -61,6 +61,10 @@ def test_sigkill_of_the_shard_restarts_it_and_rows_continue(server: FakeBybit, t
         new_conn = wait_for(lambda: len(server.conn_ids()) >= 2 and server.conn_ids()[-1], 30, "new frames")
         wait_for(lambda: len(server.sent_frames(conn_id=new_conn)) >= 100, 30, "frames on the new connection")
         assert rec.child_pid("shard-0") != shard
+        dump = wait_for(lambda: (d := rec.dump()) and d["supervisor"]["shard-0"]["restarts"] == 1
+                        and d["actors"].get("shard:0:features", {}).get("restarts") == 1 and d, 30,
+                        "the restart in the dump")
+        assert "exit code -9" in str(dump["supervisor"]["shard-0"]["last_error"])
         assert rec.stop() == 0
     finally:
         rec.kill()
