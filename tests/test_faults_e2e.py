@@ -197,16 +197,3 @@ def test_silent_topic_is_resubscribed_while_the_socket_lives(tmp_path: Path):
     assert srv.total_connections == 1
     assert_db_equals_reference(rec, srv)
     assert gaps(rec) == []  # silence alone lost nothing: u stayed continuous
-
-
-def test_bybit_refusals_name_the_topic_and_the_other_topics_go_on(tmp_path: Path):
-    with FakeBybit(symbols=["BTCUSDT"], interval_ms=5, seed=2) as srv:
-        rec = RecorderProcess(tmp_path, srv.url, "BTCUSDT,NOSUCHSYM")
-        try:
-            rec.wait_rows(40)
-            wait_for(lambda: rec.log_events("Bybit refused a request"), 30, "the refusal")
-            assert rec.stop() == 0
-        finally:
-            rec.kill()
-    (refusal,) = rec.log_events("Bybit refused a request")
-    assert refusal["level"] == "ERROR" and refusal["topic"] == "orderbook.50.NOSUCHSYM"

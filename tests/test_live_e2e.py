@@ -153,8 +153,8 @@ def test_bybit_refusal_is_logged_with_the_topic_and_the_rest_goes_on(server: Fak
         assert rec.stop() == 0
     finally:
         rec.kill()
-    refusal = rec.log_events("Bybit refused a request")[0]
-    assert refusal["topic"] == "orderbook.50.NOSUCHSYM"
+    (refusal,) = rec.log_events("Bybit refused a request")
+    assert refusal["level"] == "ERROR" and refusal["topic"] == "orderbook.50.NOSUCHSYM"
     assert "Invalid symbol" in str(refusal["ret_msg"])
     assert rec.query(f"SELECT DISTINCT symbol FROM {TABLE}") == [("BTCUSDT",)]
 
