@@ -2,7 +2,8 @@
 
     pip install -e '.[bench]'
     python bench/run.py                                  # replay part: 3 runs per stream, ~4 minutes
-    python bench/run.py --live-symbols 500 --live-seconds 300   # and the live scale part (5 more minutes)
+    python bench/run.py --live-symbols 500 --live-seconds 300   # and the live scale part (~6 more minutes)
+    python bench/run.py --no-replay --live-symbols 500 --live-seconds 300   # the live part only
 
 See bench/README.md for what every figure means and how it is measured.
 """
@@ -538,40 +539,21 @@ def _print_replay(results: dict[str, Any], base_wall: float, base_cpu: float, ar
 
 def _fake_server(conn: Any, symbols: list[str], specs: dict[str, tuple[float, float]], interval_ms: float,
                  seed: int) -> None:
-    """Child process: the fake Bybit server, so that its event loop has a GIL of its own. Answers "count"
-    with the data frames sent so far; "stop" stops it."""
+    """Child process: the fake Bybit server in load mode (pre-serialised frame rings, one write per connection
+    per tick, counters only), so that its event loop has a GIL of its own. Answers "count" with its public
+    counters; "stop" stops it and answers the final ones."""
     sys.path.insert(0, str(ROOT))
     from tests.fakes.bybit_server import FakeBybit
 
-    srv = FakeBybit(symbols=symbols, interval_ms=interval_ms, specs=specs, seed=seed).start(timeout=120)
+    srv = FakeBybit(symbols=symbols, interval_ms=interval_ms, specs=specs, seed=seed, load=True).start(timeout=120)
     conn.send(srv.url)
-    core = getattr(srv, "_core", None)
-    counted = 0
-    idx = 0
     while True:
         cmd = conn.recv()
         if cmd == "stop":
             srv.stop()
-            records = getattr(core, "records", None)
-            if records is not None:
-                counted += sum(1 for r in records if r.kind in ("snapshot", "delta"))
-            else:
-                counted = srv.sent_count()
-            conn.send(counted)
+        conn.send({"sent": srv.sent_count(), "t": time.time(), **srv.load_stats()})
+        if cmd == "stop":
             return
-        records = getattr(core, "records", None)
-        lock = getattr(core, "lock", None)
-        if records is not None and lock is not None:
-            # Count only what is new, then drop what was counted: the fake keeps every frame it sent, which
-            # at 25k frames/s is gigabytes after a few minutes; the benchmark never reads them back.
-            with lock:
-                new = records[idx:]
-                del records[:]
-            idx = 0
-            counted += sum(1 for r in new if r.kind in ("snapshot", "delta"))
-        else:
-            counted = srv.sent_count()
-        conn.send((counted, time.time()))
 
 
 @dataclass
@@ -584,6 +566,19 @@ class LiveSample:
     mailboxes: int | None = None
     writer_p99_ms: float | None = None
     writer_committed: int | None = None
+    fake_cpu_s: float = 0.0  # the fake's process, user + system
+    fake_loop_cpu_s: float = 0.0  # the fake's event-loop thread (all of its sending)
+    fake_buffered: int = 0  # bytes written by the fake but still in its transports' buffers
+    bench_cpu_s: float = 0.0  # this process (latency probe, psutil watcher, health dumps), user + system
+    # From the shards' books (health dump): frames that will never be rows -- shed under backpressure, or
+    # received while their topic was out of sync (in_gap), or that opened a gap, or stale/rejected.
+    lost: int | None = None
+    rows_shed: int | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Sent, not committed, and not (yet) given up by the recorder: the real queue."""
+        return self.sent - self.committed - (self.lost or 0)
 
 
 class LatencyProbe:
@@ -645,6 +640,46 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+class LiveProfile:
+    """``py-spy record --subprocesses --gil`` over the recorder's process tree for ``secs`` during the live
+    run (``--live-profile DIR``). Only GIL-holding samples: the shares are CPU work per process."""
+
+    def __init__(self, out_dir: Path, n: int, start_s: float, secs: float = 20.0) -> None:
+        self.out_dir, self.start_s, self.secs = out_dir, start_s, secs
+        self.raw = out_dir / f"live_{n}sym_gil.txt"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.window: tuple[float, float] | None = None
+
+    def maybe_start(self, t: float, pid: int) -> None:
+        if self.proc is not None or t < self.start_s:
+            return
+        pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--subprocesses", "--gil", "--rate", "100",
+                                      "--duration", str(int(self.secs)), "--format", "raw", "-o", str(self.raw)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.window = (t, t + self.secs)
+        print(f"  py-spy --gil over the recorder's processes from t={t:.0f} s for {self.secs:.0f} s -> {self.raw}",
+              flush=True)
+
+    def finish(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            _, err = self.proc.communicate(timeout=self.secs + 60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        if not self.raw.exists():
+            print(f"live profile: py-spy failed ({self.proc.returncode}): {err.decode(errors='replace')[-500:]}")
+            return
+        summary = summarize_pyspy(self.raw)
+        (self.out_dir / f"{self.raw.stem}.summary.txt").write_text(summary + "\n")
+        assert self.window is not None
+        print(f"\nLive profile (py-spy --gil, t={self.window[0]:.0f}-{self.window[1]:.0f} s; raw stacks in "
+              f"{self.raw}):{summary}")
+
+
 def live_part(args: argparse.Namespace) -> None:
     import multiprocessing
 
@@ -658,8 +693,9 @@ def live_part(args: argparse.Namespace) -> None:
     db, health = work / "live.db", work / "health.json"
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    print(f"\nlive: {n} symbols x orderbook.50 every 20 ms = {n * 50:,} frames/s offered, for {secs} s; "
-          f"fake server in its own process on the same {os.cpu_count()} cores; work dir {work}")
+    print(f"\nlive: {n} symbols x orderbook.50 every 20 ms = {n * 50:,} frames/s offered, for {secs:.0f} s; "
+          f"fake server (load mode) in its own process on the same {os.cpu_count()} cores; work dir {work}")
+    t_fake = time.time()
     fake = ctx.Process(target=_fake_server, args=(child, symbols, specs, 20.0, args.seed), name="fake-bybit")
     fake.start()
     deadline = time.monotonic() + 180
@@ -669,8 +705,8 @@ def live_part(args: argparse.Namespace) -> None:
             shutil.rmtree(work, ignore_errors=True)
             raise SystemExit("the fake server did not start (see its traceback above)")
     url = parent.recv()
+    print(f"  fake server ready in {time.time() - t_fake:.1f} s (frame rings built)", flush=True)
     fake_ps = psutil.Process(fake.pid)
-    fake_ps.cpu_percent(None)
     err = (work / "stderr.txt").open("wb")
     t_exec = time.time()
     proc = psutil.Popen(supervisor_cmd("--ws-url", url, "--symbols", ",".join(symbols), "--db", str(db),
@@ -678,9 +714,11 @@ def live_part(args: argparse.Namespace) -> None:
                         cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL, stderr=err)
     watcher = TreeWatcher(proc.pid, interval=1.0, pss=True).start()
     probe = LatencyProbe(db).start()
+    profile = (LiveProfile(args.live_profile, n, max(15.0, secs / 2 - 10), min(20.0, secs / 3))
+               if args.live_profile else None)
     samples: list[LiveSample] = []
-    fake_cpu: list[float] = []
     has_writer_lat = False
+    load: list[tuple[float, float]] = []  # (t, 1-minute load average)
     t_start = time.time()
     try:
         next_t = t_start
@@ -690,11 +728,14 @@ def live_part(args: argparse.Namespace) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGUSR1)
             parent.send("count")
-            sent, _ = parent.recv()
-            fake_cpu.append(fake_ps.cpu_percent(None))
+            fstat = parent.recv()
+            committed = probe.last_rowid  # read together with the fake's count: the backlog is not skewed
+            fct = fake_ps.cpu_times()
+            t_s = time.time() - t_start
             time.sleep(0.15)  # let the root write the dump
-            s = LiveSample(time.time() - t_start, sent, probe.last_rowid,
-                           {k: ProcStat(**vars(v)) for k, v in watcher.named().items()})
+            s = LiveSample(t_s, fstat["sent"], committed, {k: ProcStat(**vars(v)) for k, v in watcher.named().items()},
+                           fake_cpu_s=fct.user + fct.system, fake_loop_cpu_s=fstat.get("loop_cpu_s", 0.0),
+                           fake_buffered=fstat.get("buffered_bytes", 0), bench_cpu_s=sum(os.times()[:2]))
             with contextlib.suppress(OSError, ValueError):
                 dump = json.loads(health.read_text())
                 watcher.names = {int(p["pid"]): name for name, p in dump.get("processes", {}).items() if "pid" in p}
@@ -708,11 +749,23 @@ def live_part(args: argparse.Namespace) -> None:
                 s.link_depth = sum(int(a.get("writer_link", {}).get("depth", 0)) for k, a in actors.items()
                                    if k.endswith(":features"))
                 s.mailboxes = sum(int(a.get("mailbox", 0)) for k, a in actors.items() if k.startswith("shard:"))
+                feats = [a for k, a in actors.items() if k.endswith(":features")]
+                s.rows_shed = sum(int(a.get("rows_shed", 0)) for a in feats)
+                s.lost = sum(int(t.get(f, 0)) for a in feats for t in a.get("topics", {}).values()
+                             for f in ("in_gap", "gaps", "stale", "rejected"))
             samples.append(s)
+            load.append((s.t, os.getloadavg()[0]))
+            if profile is not None:
+                profile.maybe_start(s.t, proc.pid)
             if len(samples) % 10 == 0:
-                print(f"  t={s.t:5.0f} s sent {s.sent:,} committed {s.committed:,} backlog {s.sent - s.committed:,} "
-                      f"link depth {s.link_depth} mailboxes {s.mailboxes} total RSS "
-                      f"{_mb(sum(p.rss for p in s.procs.values())):.0f} MiB fake CPU {fake_cpu[-1]:.0f}%", flush=True)
+                prev = samples[-11] if len(samples) > 10 else samples[0]
+                dt = max(1e-9, s.t - prev.t)
+                print(f"  t={s.t:5.0f} s sent {s.sent:,} ({(s.sent - prev.sent) / dt:,.0f}/s) committed "
+                      f"{s.committed:,} ({(s.committed - prev.committed) / dt:,.0f}/s) in flight "
+                      f"{s.in_flight:,} not recorded {s.lost} link depth {s.link_depth} mailboxes {s.mailboxes} "
+                      "total RSS "
+                      f"{_mb(sum(p.rss for p in s.procs.values())):.0f} MiB fake CPU "
+                      f"{(s.fake_cpu_s - prev.fake_cpu_s) / dt:.0%} load {load[-1][1]:.2f}", flush=True)
     finally:
         t_stop = time.time()
         with contextlib.suppress(ProcessLookupError):
@@ -727,26 +780,50 @@ def live_part(args: argparse.Namespace) -> None:
         time.sleep(0.1)
         probe.stop()
         parent.send("stop")
-        sent_total = parent.recv() if parent.poll(30) else None
+        final = parent.recv() if parent.poll(30) else None
         fake.join(timeout=30)
         err.close()
+    if profile is not None:
+        profile.finish()
     with contextlib.closing(sqlite3.connect(db)) as c:
         rows_total = c.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0]
         gaps = c.execute("SELECT COUNT(*) FROM l2_gaps").fetchone()[0]
-    started = [_log_time(ln) for ln in (work / "stderr.txt").read_text(errors="replace").splitlines()
-               if "shard started" in ln]
+    log_lines = (work / "stderr.txt").read_text(errors="replace").splitlines()
+    started = [_log_time(ln) for ln in log_lines if "shard started" in ln]
     startup = max(t for t in started if t is not None) - t_exec if started and all(started) else None
-    _print_live(args, t_start, samples, probe, fake_cpu, sent_total, rows_total, gaps, code, stop_s, startup,
-                has_writer_lat)
+    _print_log_summary(log_lines)
+    _print_live(args, samples, probe, t_start, load, final, rows_total, gaps, code, stop_s, startup, has_writer_lat,
+                profile.window if profile is not None else None)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:
         print(f"kept {work}")
 
 
-def _print_live(args: argparse.Namespace, t_start: float, samples: list[LiveSample], probe: LatencyProbe,
-                fake_cpu: list[float], sent_total: int | None, rows_total: int, gaps: int, code: int | None,
-                stop_s: float, startup: float | None, has_writer_lat: bool) -> None:
+def _print_log_summary(lines: list[str], top: int = 10) -> None:
+    """The recorder's WARNING/ERROR/CRITICAL log lines, by message (the timestamp cut off), most frequent first:
+    shedding, lost batches at exit and the like must not go unnoticed behind the figures."""
+    import collections
+    import re
+
+    level = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b")
+    counts: collections.Counter[str] = collections.Counter()
+    for ln in lines:
+        m = level.search(ln[:60])
+        if m:
+            counts[ln[m.start():][:200]] += 1
+    if not counts:
+        print("\nrecorder log: no WARNING/ERROR/CRITICAL lines")
+        return
+    print(f"\nrecorder log: {sum(counts.values())} WARNING/ERROR/CRITICAL lines; most frequent:")
+    for msg, c in counts.most_common(top):
+        print(f"  {c:6d} x {msg}")
+
+
+def _print_live(args: argparse.Namespace, samples: list[LiveSample], probe: LatencyProbe, t_start: float,
+                load: list[tuple[float, float]], final: dict[str, Any] | None, rows_total: int, gaps: int,
+                code: int | None, stop_s: float, startup: float | None, has_writer_lat: bool,
+                profiled: tuple[float, float] | None) -> None:
     if len(samples) < 3:
         print("live: too few samples")
         return
@@ -759,12 +836,14 @@ def _print_live(args: argparse.Namespace, t_start: float, samples: list[LiveSamp
     # rates and the backlog trend: least-squares slopes over the steady window (robust to sampling jitter)
     sent_fps = _slope([(s.t, s.sent) for s in steady])
     comm_fps = _slope([(s.t, s.committed) for s in steady])
-    backlog = [(s.t, s.sent - s.committed) for s in steady]
+    backlog = [(s.t, s.in_flight) for s in steady]
     slope = _slope(backlog)
     lat_steady = [ms for t, ms in probe.lat_ms if t - t_start >= warm]
     wp99 = [s.writer_p99_ms for s in steady if s.writer_p99_ms is not None]
     minute1 = next((s for s in samples if s.t >= min(60.0, samples[-1].t / 2)), samples[len(samples) // 2])
-    end = samples[-1]
+    first, end = steady[0], samples[-1]
+    span = max(1e-9, end.t - first.t)
+    frames_steady = max(1, end.sent - first.sent)
 
     def tot(s: LiveSample, attr: str) -> float:
         return float(sum(getattr(p, attr) for name, p in s.procs.items()))
@@ -772,17 +851,34 @@ def _print_live(args: argparse.Namespace, t_start: float, samples: list[LiveSamp
     rss1, rss2 = _mb(tot(minute1, "rss")), _mb(tot(end, "rss"))
     th1, th2 = tot(minute1, "threads"), tot(end, "threads")
     fd1, fd2 = tot(minute1, "fds"), tot(end, "fds")
+    loads = [x for t, x in load if t >= warm]
+    depths = [s.link_depth for s in steady if s.link_depth is not None]
     print(f"\nLive scale: {n} symbols ({n * 50:,} frames/s offered), {samples[-1].t:.0f} s, "
           f"{len(end.procs)} recorder processes. {MACHINE_NOTE}")
-    print("The fake server runs on the same 2 cores (its own process): its CPU competes with the recorder's.")
+    print(f"1-minute load average during the run: min {min(loads):.2f}, median {statistics.median(loads):.2f}, "
+          f"max {max(loads):.2f} (the bench's own processes included: recorder, fake server, this process).")
+    print("The fake server runs on the same 2 cores (its own process, load mode): its CPU competes with the "
+          "recorder's.")
+    if profiled is not None:
+        print(f"py-spy sampled the recorder from t={profiled[0]:.0f} to {profiled[1]:.0f} s (inside the window).")
     rows = [
         ["frames/s sent by the fake (steady window)", f"{sent_fps:,.0f}"],
         ["rows/s committed (steady window)", f"{comm_fps:,.0f}"],
-        ["fake server CPU, % of one core (median)", f"{statistics.median(fake_cpu):.0f}%"],
-        ["backlog sent - committed: start / end of steady window", f"{backlog[0][1]:,} / {backlog[-1][1]:,}"],
-        ["backlog slope (frames/s; ~0 = no queue growth)", f"{slope:,.1f}"],
-        ["writer link depth (batches) min / max / end",
-         f"{min_(s.link_depth for s in steady)} / {max_(s.link_depth for s in steady)} / {end.link_depth}"],
+        ["fake server CPU, % of one core (steady window)", f"{(end.fake_cpu_s - first.fake_cpu_s) / span:.1%}"],
+        ["fake server CPU per frame sent: process / its event-loop thread, us",
+         f"{(end.fake_cpu_s - first.fake_cpu_s) / frames_steady * 1e6:.1f} / "
+         f"{(end.fake_loop_cpu_s - first.fake_loop_cpu_s) / frames_steady * 1e6:.1f}"],
+        ["this bench process's CPU (DB latency probe, psutil), % of one core (steady window)",
+         f"{(end.bench_cpu_s - first.bench_cpu_s) / span:.1%}"],
+        ["fake's unsent write buffer (written, not yet taken by the kernel), KiB max / end",
+         f"{max(s.fake_buffered for s in steady) / 1024:,.0f} / {end.fake_buffered / 1024:,.0f}"],
+        ["in flight (sent - committed - not recorded): start / end of steady window",
+         f"{backlog[0][1]:,} / {backlog[-1][1]:,}"],
+        ["in-flight slope (frames/s; ~0 = no queue growth)", f"{slope:,.1f}"],
+        ["not recorded (gaps: shed under backpressure, out of sync until resubscribed), frames/s (steady)",
+         f"{_slope([(s.t, s.lost or 0) for s in steady]):,.0f} (rows shed in all: {end.rows_shed})"],
+        ["writer link depth (batches, all shards) min / median / max / end",
+         f"{min_(depths)} / {med_or_nan([float(d) for d in depths]):.0f} / {max_(depths)} / {end.link_depth}"],
         ["actor mailboxes (sum) min / max / end",
          f"{min_(s.mailboxes for s in steady)} / {max_(s.mailboxes for s in steady)} / {end.mailboxes}"],
         ["recv-to-commit p50 / p99 / max, ms (DB probe, steady)",
@@ -796,21 +892,30 @@ def _print_live(args: argparse.Namespace, t_start: float, samples: list[LiveSamp
         [f"open fds at t={minute1.t:.0f} s / end", f"{fd1:.0f} / {fd2:.0f} ({_drift(fd1, fd2)})"],
         ["start-up (exec -> last 'shard started')", f"{startup:.2f} s" if startup is not None else "n/a"],
         ["stop after SIGTERM, s; exit code", f"{stop_s:.1f}; {code}"],
-        ["frames sent (total) / rows in DB / gaps",
-         f"{sent_total if sent_total is not None else '?'} / {rows_total} / {gaps}"],
+        ["frames sent (total) / rows in DB / gap records (after SIGTERM: every frame a row, or inside a gap)",
+         f"{final['sent'] if final else '?'} / {rows_total} / {gaps}"],
     ]
     for name, p in sorted(end.procs.items()):
-        rows.append([f"RSS / threads / fds / CPU s: {name}",
-                     f"{_mb(p.rss):.0f} MiB / {p.threads} / {p.fds} / {p.cpu_s:.1f}"])
+        p1 = first.procs.get(name)
+        pct = f"{(p.cpu_s - p1.cpu_s) / span:.0%}" if p1 is not None else "n/a"
+        rows.append([f"RSS / threads / fds / CPU s (CPU % of a core, steady): {name}",
+                     f"{_mb(p.rss):.0f} MiB / {p.threads} / {p.fds} / {p.cpu_s:.1f} ({pct})"])
     print_table("", ["figure", "value"], rows)
     step = max(1, len(samples) // 12)
-    series = [[f"{s.t:.0f}", f"{s.sent:,}", f"{s.committed:,}", f"{s.sent - s.committed:,}", str(s.link_depth),
-               str(s.mailboxes), f"{_mb(tot(s, 'rss')):.0f}", f"{tot(s, 'threads'):.0f}", f"{tot(s, 'fds'):.0f}"]
-              for s in samples[::step]]
-    print_table("Over time (sent and committed are cumulative; backlog = sent - committed, i.e. everything in flight "
-                "from the fake's socket buffers to the commit):",
-                ["t s", "sent", "committed", "backlog", "link depth", "mailboxes", "RSS MiB", "threads", "fds"],
-                series)
+    series = []
+    for i in range(0, len(samples), step):
+        s = samples[i]
+        prev = samples[max(0, i - step)]
+        dt = max(1e-9, s.t - prev.t)
+        series.append([f"{s.t:.0f}", f"{(s.sent - prev.sent) / dt:,.0f}", f"{(s.committed - prev.committed) / dt:,.0f}",
+                       f"{s.in_flight:,}", f"{s.lost}", str(s.link_depth), str(s.mailboxes),
+                       f"{_mb(tot(s, 'rss')):.0f}", f"{tot(s, 'threads'):.0f}", f"{tot(s, 'fds'):.0f}",
+                       f"{next((x for t, x in load if t >= s.t), load[-1][1]):.1f}"])
+    print_table("Over time (rates over the preceding interval; in flight = sent - committed - not recorded, i.e. "
+                "everything between the fake's buffers and the commit; not recorded = cumulative frames that became "
+                "gaps):",
+                ["t s", "sent/s", "committed/s", "in flight", "not recorded", "link depth", "mailboxes", "RSS MiB",
+                 "threads", "fds", "load"], series)
     print(f"(latency: {len(lat_steady):,} rows after the first {warm:.0f} s; method: the bench polls the database "
           "every 20 ms for rows above the last rowid seen, latency = time of that poll - recv_time_ns of the row, "
           "so an upper bound of receive-to-commit by at most 20 ms + the query time)")
@@ -820,7 +925,7 @@ def _print_live(args: argparse.Namespace, t_start: float, samples: list[LiveSamp
     short = " (the fake server could not send at the offered rate)" if sent_fps < 0.98 * offered else ""
     print(f"  sustained {offered:,} frames/s: sent {sent_fps:,.0f}, committed {comm_fps:,.0f} -> "
           + ("MET" if comm_fps >= 0.98 * offered and abs(slope) < 0.01 * offered else "NOT MET" + short))
-    print(f"  no queue growth: backlog slope {slope:,.1f} frames/s -> "
+    print(f"  no queue growth: in-flight slope {slope:,.1f} frames/s -> "
           + ("MET" if abs(slope) < 0.01 * max(1.0, comm_fps) else "NOT MET"))
     print(f"  p99 recv-to-commit {p99:.0f} ms vs {TARGET_LIVE_P99_MS:.0f} -> "
           + ("MET" if p99 <= TARGET_LIVE_P99_MS else "NOT MET"))
@@ -939,6 +1044,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--live-symbols", type=int, default=0, help="run the live scale part with N symbols")
     ap.add_argument("--live-seconds", type=float, default=300.0)
     ap.add_argument("--keep", action="store_true", help="keep the live run's work directory")
+    ap.add_argument("--live-profile", type=Path, metavar="DIR",
+                    help="py-spy --subprocesses --gil over the recorder for 20 s mid-way through the live run, "
+                         "into DIR")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="also profile one replay with py-spy (all processes, GIL-holding samples) into DIR")
     args = ap.parse_args(argv)

@@ -20,11 +20,29 @@ puts on the wire is in the record with its exact text and ``SentFrame.fault`` se
 nothing are recorded as ``kind == "event"`` records (topic None), so a test can recompute what a
 correct client must have stored from exactly what was sent.
 
+Load mode (``FakeBybit(..., load=True)``, CLI ``--load``) is for benchmarks: it sends Bybit's cadence for
+hundreds of symbols at a few microseconds of CPU a frame instead of ~80 us. Per topic a ring of
+``load_ring`` valid frames (a snapshot, then deltas, from the same ``SyntheticBook``) is generated and
+serialised once, with ``ts``, ``u``, ``seq`` and ``cts`` left as holes; one scheduler task wakes every
+``load_tick_ms``, fills in the holes of every due topic's next frame once, and writes all the frames of that
+tick for a connection with one ``transport.write`` (websocket framing done here; the connection must be
+open). ``u`` rises by exactly 1 per frame of a topic, snapshots included: when the ring wraps, its snapshot
+is sent again (carrying the next ``u``) and the deltas follow it, so a client always holds a valid book and
+never sees a ``u`` jump. A new subscription makes its topic's next frame the ring's snapshot, for every
+subscriber of the topic (a mid-stream snapshot, which real clients must handle anyway); the snapshot comes
+at the topic's next push, not at once. Only counters are kept (frames per topic and connection, bytes,
+ticks; ``sent_count()``, ``sent_by_connection()``, ``load_stats()``), plus the last ``load_keep`` data
+frames for ``records()``/``sent_frames()``; replies are recorded in full. Faults, ``data_before_ack`` and
+``record_path`` are refused in load mode; ``max_frames_per_topic`` works. A slow client is never skipped:
+its frames wait in the server's write buffer (``load_stats()["buffered_bytes"]``), so "sent" means
+written to the connection's transport.
+
 CLI::
 
     python tests/fakes/bybit_server.py --port 8765 --symbols BTCUSDT,ETHUSDT --interval-ms 20 \\
         [--max-frames N] [--record frames.jsonl] [--seed 1] [--data-before-ack N] \\
-        [--fault "u_jump:topic=orderbook.50.BTCUSDT,after=100,arg=5,once=false" ...]
+        [--fault "u_jump:topic=orderbook.50.BTCUSDT,after=100,arg=5,once=false" ...] \\
+        [--load [--load-ring 256] [--load-tick-ms 5] [--load-keep 0]]
 """
 
 from __future__ import annotations
@@ -32,8 +50,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
+import itertools
 import random
 import re
+import struct
 import sys
 import threading
 import time
@@ -96,6 +117,11 @@ _DEFAULT_ARG: dict[str, int | str] = {
 _MIN_OVERSIZED = 1024  # the JSON envelope (topic, type, ts) must fit; anything smaller is not "oversized"
 _STALE_HISTORY = 32  # regular frames remembered per subscription, for "stale" re-sends
 CLOSE_REASON = "maintenance"
+
+# Load mode: placeholders for the holes of a frame template, in their order in the text (ts, u, seq, cts).
+_HOLES: tuple[int, ...] = (7_310_000_000_000_000_001, 7_310_000_000_000_000_002, 7_310_000_000_000_000_003,
+                           7_310_000_000_000_000_004)
+_GOLDEN = 0.6180339887498949  # spreads the topics' push phases evenly over their interval
 
 
 @dataclass(frozen=True)
@@ -254,6 +280,23 @@ class _Conn:
     counts: dict[int, int] = field(default_factory=dict)  # topic-less faults: frames of any topic
     halted: bool = False  # a drop/close/stall is queued: nothing more is queued behind it
     ignore_unsub: str | None = None  # an "unsub_ignored" mode once that fault fired here
+    # Load mode only: this tick's websocket frames (header, payload, ...), whether it is open this tick, counters.
+    out: list[bytes] = field(default_factory=list)
+    writable: bool = False
+    sent: int = 0
+    buffered: int = 0  # bytes waiting in the transport's write buffer after the last tick
+
+
+@dataclass(frozen=True, slots=True)
+class _Ring:
+    """Load mode: one topic's pre-serialised frames. Entry 0 is a snapshot, the rest are the deltas that
+    follow it (depth 1: snapshots). Per entry: a UTF-8 template with ``%d`` holes for ts, u, seq and cts,
+    the ``seq`` increment, and ``ts - cts``."""
+
+    templates: list[bytes]
+    seq_incs: list[int]
+    cts_offs: list[int]
+    kind: str  # of the entries after the first
 
 
 @dataclass(eq=False, slots=True)
@@ -275,6 +318,16 @@ class _Feed:
     interval_s: float
     subs: set[_Sub] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
+    # Load mode only.
+    ring: _Ring | None = None
+    pos: int = 0  # the ring entry sent next (0: the snapshot)
+    u: int = 0  # u of the last frame sent
+    seq: int = 0
+    phase: float = 0.0  # seconds after a first subscription before the first push
+    due: float = 0.0  # loop time of the next push
+    targets: tuple[_Conn, ...] = ()  # the subscribers' connections (a tuple is cheaper to walk than subs)
+    scheduled: bool = False  # in a slot of the scheduler's wheel
+    sent: int = 0  # data frames written, all connections
 
 
 def _now_ms() -> int:
@@ -283,6 +336,52 @@ def _now_ms() -> int:
 
 def _dumps(obj: Mapping[str, Any]) -> str:
     return orjson.dumps(obj).decode()
+
+
+def _ws_header(n: int) -> bytes:
+    """The header of one unmasked, unfragmented RFC 6455 text frame (a server's) of ``n`` payload bytes."""
+    if n < 126:
+        return bytes((0x81, n))
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n)
+    return struct.pack("!BBQ", 0x81, 127, n)
+
+
+_WS_HEADERS = [_ws_header(n) for n in range(8192)]  # load mode: no packing per frame
+
+
+def _ws_text(payload: bytes) -> bytes:
+    """One text frame, header + payload."""
+    return _ws_header(len(payload)) + payload
+
+
+def _template(msg: Mapping[str, Any]) -> bytes:
+    """``msg`` serialised with ``%d`` holes for ts, u, seq and cts (in that order; any ``%`` escaped)."""
+    data = {**msg["data"], "u": _HOLES[1], "seq": _HOLES[2]}
+    raw = orjson.dumps({**msg, "ts": _HOLES[0], "data": data, "cts": _HOLES[3]}).replace(b"%", b"%%")
+    tokens = [str(h).encode() for h in _HOLES]
+    where = [raw.find(t) for t in tokens]
+    if any(raw.count(t) != 1 for t in tokens) or where != sorted(where):
+        raise AssertionError(f"cannot template {msg.get('topic')!r}")  # the generator's shape changed
+    for t in tokens:
+        raw = raw.replace(t, b"%d")
+    return raw
+
+
+def _build_ring(book: SyntheticBook, size: int, ts0: int) -> _Ring:
+    """``size`` frames of ``book`` from its current state: its snapshot, then ``size - 1`` pushes 20 ms
+    apart. Advances the book."""
+    snap = book.snapshot(ts0)
+    ring = _Ring([_template(snap)], [1], [ts0 - snap["cts"]], KIND_DELTA)
+    ts = ts0
+    for _ in range(size - 1):
+        ts += 20
+        seq0 = book.seq
+        msg = book.next_message(ts)
+        ring.templates.append(_template(msg))
+        ring.seq_incs.append(book.seq - seq0)
+        ring.cts_offs.append(ts - msg["cts"])
+    return ring if book.depth != 1 else _Ring(ring.templates, ring.seq_incs, ring.cts_offs, KIND_SNAPSHOT)
 
 
 class _Core:
@@ -302,7 +401,29 @@ class _Core:
         specs: Mapping[str, tuple[float, float]] | None,
         path: str,
         faults: Sequence[Fault] = (),
+        load: bool = False,
+        load_ring: int = 256,
+        load_tick_ms: float = 5.0,
+        load_keep: int = 0,
+        load_depths: Iterable[int] = (50,),
     ) -> None:
+        if load:
+            if faults:
+                raise ValueError("load mode does not inject faults")
+            if data_before_ack:
+                raise ValueError("load mode does not support data_before_ack")
+            if record_path is not None:
+                raise ValueError("load mode does not record frames to a file")
+            if not (isinstance(load_ring, int) and load_ring >= 2):
+                raise ValueError(f"load_ring must be an int >= 2 (a snapshot and a delta), got {load_ring!r}")
+            if not load_tick_ms > 0:
+                raise ValueError(f"load_tick_ms must be > 0, got {load_tick_ms!r}")
+            if load_keep < 0:
+                raise ValueError(f"load_keep must be >= 0, got {load_keep!r}")
+        self.load = load
+        self.load_ring = load_ring
+        self.load_tick_s = load_tick_ms / 1000.0
+        self.load_keep = load_keep
         self.requested_port = port
         self.symbols = frozenset(symbols)
         self.interval_ms = interval_ms
@@ -327,12 +448,39 @@ class _Core:
         self.armed: list[_Armed] = []  # faults not yet spent, in arming order (checked in that order)
         self._fault_keys = 0
         self.fired: dict[str, int] = dict.fromkeys(sorted(FAULT_KINDS), 0)  # under self.lock
+        # Load mode: the scheduler's timing wheel (slot = one tick; built once the feeds are known),
+        # counters, the last load_keep data frames.
+        self._wheel: list[list[_Feed]] = []
+        self._wheel_t0: float | None = None  # loop time of slot 0
+        self._slot_done = 0  # the last slot (absolute tick number) pushed
+        self._rec_n = itertools.count()  # orders replies and kept data frames in one record
+        self._record_ns: list[int] = []  # load mode: the _rec_n of each entry of self.records (replies)
+        self._recent: deque[tuple[int, str, str, str, bytes]] = deque(maxlen=max(1, load_keep))
+        self.conn_sent: dict[str, int] = {}  # load mode: conn_id -> data frames written (first-send order)
+        self.frames_sent = 0  # load mode: data frames written, all topics and connections
+        self.bytes_sent = 0
+        self.ticks = 0
+        self.late_ticks = 0  # woke more than one tick late
+        self.max_lag_s = 0.0
+        self.loop_cpu_s = 0.0  # CPU time of the event loop's thread, as of the last tick
+        self.rings_built = 0
+        self.ring_build_s = 0.0
+        self._load_task: asyncio.Task[None] | None = None
         for fault in faults:
             self.arm(fault)
         # Build every book now: a bad (mid, tick) for some depth fails here, not inside a connection.
         for symbol in sorted(self.symbols):
             for depth in VALID_DEPTHS:
                 self._feed(f"orderbook.{depth}.{symbol}")
+        if load:
+            # A topic is re-placed at most ceil(interval / tick) + 1 slots ahead: the wheel spans that.
+            longest = max((f.interval_s for f in self.feeds.values()), default=0.0)
+            self._wheel = [[] for _ in range(int(longest / self.load_tick_s) + 3)]
+            # Rings of the usual depths now (~40 us a frame at depth 50), the others on first subscribe.
+            prebuild = set(load_depths)
+            for topic, feed in self.feeds.items():
+                if int(topic.split(".")[1]) in prebuild:
+                    self._ring(feed)
 
     @property
     def url(self) -> str:
@@ -353,12 +501,19 @@ class _Core:
             max_size=2**20,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.load:
+            self._load_task = asyncio.create_task(self._load_loop(), name="load scheduler")
 
     async def close(self) -> None:
         """Close every connection (1001), stop the feeds, close the record file."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if self._load_task is not None:
+            self._load_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._load_task
+            self._load_task = None
         for feed in self.feeds.values():
             if feed.task is not None:
                 feed.task.cancel()
@@ -377,6 +532,8 @@ class _Core:
 
     def arm(self, fault: Fault) -> None:
         """Arm ``fault``: counting starts now (frames queued before this do not count). Loop thread only."""
+        if self.load:
+            raise ValueError("load mode does not inject faults")
         self._fault_keys += 1
         self.armed.append(_Armed(fault, self._fault_keys))
 
@@ -393,7 +550,8 @@ class _Core:
         conn = _Conn(ws, self._new_conn_id())
         self.conns.append(conn)
         self.total_connections += 1
-        writer = asyncio.create_task(self._writer(conn))
+        # Load mode writes from the scheduler (data) and from the request handler (replies), in program order.
+        writer = asyncio.create_task(self._writer(conn)) if not self.load else None
         try:
             async for raw in ws:
                 self._on_request(conn, raw)
@@ -405,9 +563,10 @@ class _Core:
                 self._end_sub(sub)
             conn.subs.clear()
             # The peer is gone or closing: whatever is still queued would not be read; stop now.
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            if writer is not None:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
 
     async def _writer(self, conn: _Conn) -> None:
         while True:
@@ -476,7 +635,9 @@ class _Core:
     # -------------------------------------------------------------------------------------- requests
 
     def _reply(self, conn: _Conn, obj: Mapping[str, Any]) -> None:
-        if not conn.halted:
+        if self.load:
+            self._load_reply(conn, _dumps(obj))
+        elif not conn.halted:
             conn.queue.put_nowait(_Out(_dumps(obj), None, KIND_REPLY))
 
     def _on_request(self, conn: _Conn, raw: str | bytes) -> None:
@@ -573,12 +734,16 @@ class _Core:
             interval = self.interval_ms if self.interval_ms is not None else DEFAULT_INTERVAL_MS[depth]
             book = SyntheticBook(symbol, depth, seed=self.seed, mid=mid, tick=tick)
             feed = self.feeds[topic] = _Feed(topic, book, max(0.0, interval) / 1000.0)
+            feed.phase = feed.interval_s * ((len(self.feeds) * _GOLDEN) % 1.0)
         return feed
 
     def _start_sub(self, conn: _Conn, topic: str, pending: _PendingAck | None) -> None:
         feed = self._feed(topic)
         sub = _Sub(conn, feed, self.max_frames)
         conn.subs[topic] = sub
+        if self.load:
+            self._load_start_sub(sub)
+            return
         if pending is not None:
             sub.pending_ack = pending
             pending.waiting.add(sub)
@@ -592,6 +757,8 @@ class _Core:
 
     def _end_sub(self, sub: _Sub) -> None:
         sub.feed.subs.discard(sub)
+        if self.load:
+            sub.feed.targets = tuple(s.conn for s in sub.feed.subs)
         self._release_ack(sub, pending_check=False)
 
     def _release_ack(self, sub: _Sub, *, pending_check: bool) -> None:
@@ -780,6 +947,197 @@ class _Core:
         if feed_fault is not None:
             self._spend(feed_fault, subs)  # after the offers, for the same reason as above
 
+    # ------------------------------------------------------------------------------------- load mode
+
+    def _ring(self, feed: _Feed) -> _Ring:
+        """The topic's ring, built on first use; the first frame sent carries the book's own u and seq."""
+        if feed.ring is None:
+            t0 = time.perf_counter()
+            feed.u, feed.seq = feed.book.u - 1, feed.book.seq - 1
+            feed.ring = _build_ring(feed.book, self.load_ring, _now_ms())
+            self.rings_built += 1
+            self.ring_build_s += time.perf_counter() - t0
+        return feed.ring
+
+    def _load_start_sub(self, sub: _Sub) -> None:
+        feed = sub.feed
+        self._ring(feed)
+        feed.subs.add(sub)
+        feed.targets = tuple(s.conn for s in feed.subs)
+        feed.pos = 0  # the next frame of the topic is the ring's snapshot, for every subscriber
+        if not feed.scheduled:
+            feed.scheduled = True
+            now = asyncio.get_running_loop().time()
+            if self._wheel_t0 is None:
+                self._wheel_t0 = now
+                self._slot_done = 0
+            feed.due = now + feed.phase
+            self._place(feed, int((now - self._wheel_t0) / self.load_tick_s))
+
+    def _place(self, feed: _Feed, current: int) -> None:
+        """Put ``feed`` in the wheel slot of its due time, but at least the slot after ``current``."""
+        assert self._wheel_t0 is not None
+        slot = max(current + 1, int((feed.due - self._wheel_t0) / self.load_tick_s))
+        self._wheel[slot % len(self._wheel)].append(feed)
+
+    def _load_reply(self, conn: _Conn, text: str) -> None:
+        ws = conn.ws
+        if ws.protocol.state is not State.OPEN or ws.transport.is_closing():
+            return  # as in normal mode: a reply that cannot go out is not recorded
+        ws.transport.write(_ws_text(text.encode()))
+        with self.lock:
+            self.records.append(SentFrame(conn.conn_id, None, KIND_REPLY, text))
+            self._record_ns.append(next(self._rec_n))
+            self.conn_sent.setdefault(conn.conn_id, 0)
+
+    def load_records(self) -> list[SentFrame]:
+        """Load mode: every reply and the last ``load_keep`` data frames, in send order. Any thread."""
+        with self.lock:
+            replies = list(zip(self._record_ns, self.records, strict=True))
+            recent = list(self._recent) if self.load_keep else []
+        data = [(n, SentFrame(c, t, k, payload.decode())) for n, c, t, k, payload in recent]
+        return [r for _, r in heapq.merge(replies, data, key=lambda x: x[0])]
+
+    async def _load_loop(self) -> None:
+        """Wake every tick and push every due topic; a tick more than 1 s late resynchronises."""
+        loop = asyncio.get_running_loop()
+        tick = self.load_tick_s
+        next_t = loop.time()
+        while True:
+            next_t += tick
+            await asyncio.sleep(max(0.0, next_t - loop.time()))
+            now = loop.time()
+            lag = now - next_t
+            if lag > tick:
+                self.late_ticks += 1
+            self.max_lag_s = max(self.max_lag_s, lag)
+            if lag > 1.0:
+                next_t = now
+            self._load_tick(now)
+
+    def _load_tick(self, now: float) -> None:
+        """Send the next frame of every topic due by ``now`` to its subscribers: each frame is built once
+        (template holes filled), each connection gets one write for the whole tick."""
+        self.ticks += 1
+        if self._wheel_t0 is None:
+            self.loop_cpu_s = time.thread_time()
+            return  # nothing was ever subscribed
+        wheel = self._wheel
+        size = len(wheel)
+        tick_s = self.load_tick_s
+        current = int((now - self._wheel_t0) / tick_s)
+        first = max(self._slot_done + 1, current - size + 1)  # late: every slot once, none twice
+        self._slot_done = current
+        for conn in self.conns:
+            ws = conn.ws
+            conn.writable = ws.protocol.state is State.OPEN and not ws.transport.is_closing()
+        ts = _now_ms()
+        keep = self._recent if self.load_keep else None
+        fast = keep is None and self.max_frames is None  # no per-subscription bookkeeping needed
+        capped: list[_Sub] = []
+        headers = _WS_HEADERS
+        nheaders = len(headers)
+        for k in range(first, current + 1):
+            feeds = wheel[k % size]
+            if not feeds:
+                continue
+            wheel[k % size] = []
+            for feed in feeds:
+                subs = feed.subs
+                if not subs:
+                    feed.scheduled = False  # no subscriber left (a new one schedules it again)
+                    continue
+                due = feed.due + feed.interval_s
+                if now - due > 1.0:
+                    due = now  # far behind (suspended?): do not burst to catch up
+                feed.due = due
+                slot = int((due - self._wheel_t0) / tick_s)
+                wheel[(slot if slot > current else current + 1) % size].append(feed)
+                ring = feed.ring
+                assert ring is not None
+                pos = feed.pos
+                feed.pos = pos + 1 if pos + 1 < len(ring.templates) else 0
+                feed.u = u = feed.u + 1
+                feed.seq = seq = feed.seq + ring.seq_incs[pos]
+                payload = ring.templates[pos] % (ts, u, seq, ts - ring.cts_offs[pos])
+                n = len(payload)
+                header = headers[n] if n < nheaders else _ws_header(n)
+                sent = 0
+                if fast:
+                    for conn in feed.targets:
+                        if conn.writable:
+                            out = conn.out
+                            out.append(header)
+                            out.append(payload)
+                            sent += 1
+                    feed.sent += sent
+                    continue
+                for sub in subs:
+                    conn = sub.conn
+                    if not conn.writable:
+                        continue
+                    out = conn.out
+                    out.append(header)
+                    out.append(payload)
+                    sent += 1
+                    if sub.cap is not None:
+                        sub.queued += 1
+                        if sub.queued >= sub.cap:
+                            capped.append(sub)
+                    if keep is not None:
+                        kind = ring.kind if pos else KIND_SNAPSHOT
+                        keep.append((next(self._rec_n), conn.conn_id, feed.topic, kind, payload))
+                feed.sent += sent
+                if capped:
+                    for sub in capped:
+                        subs.discard(sub)  # capped: stays subscribed, silent
+                    feed.targets = tuple(s.conn for s in subs)
+                    capped.clear()
+        frames = nbytes = 0
+        for conn in self.conns:
+            out = conn.out
+            if out:
+                data = b"".join(out)
+                conn.ws.transport.write(data)
+                conn.sent += len(out) // 2
+                frames += len(out) // 2
+                nbytes += len(data)
+                out.clear()
+                conn.buffered = conn.ws.transport.get_write_buffer_size()
+                with self.lock:
+                    self.conn_sent[conn.conn_id] = conn.sent
+        if frames:
+            with self.lock:
+                self.frames_sent += frames
+                self.bytes_sent += nbytes
+        self.loop_cpu_s = time.thread_time()
+
+    def load_stats(self) -> dict[str, Any]:
+        """Load mode counters (any thread; a consistent-enough snapshot for monitoring)."""
+        with self.lock:
+            out: dict[str, Any] = {"frames": self.frames_sent, "bytes": self.bytes_sent}
+        out.update(
+            ticks=self.ticks, late_ticks=self.late_ticks, max_lag_ms=round(self.max_lag_s * 1000, 3),
+            loop_cpu_s=self.loop_cpu_s, rings_built=self.rings_built, ring_frames=self.load_ring,
+            ring_build_s=round(self.ring_build_s, 3),
+            buffered_bytes=sum(c.buffered for c in list(self.conns)), connections=len(self.conns),
+        )
+        return out
+
+    def data_sent(self, topic: str | None = None, conn_id: str | None = None) -> int:
+        """Data frames sent, optionally of one topic or on one connection, in either mode. Any thread."""
+        if not self.load:
+            with self.lock:
+                return sum(1 for r in self.records if r.topic is not None and topic in (None, r.topic)
+                           and conn_id in (None, r.conn_id))
+        if topic is not None and conn_id is not None:
+            raise ValueError("load mode counts per topic or per connection, not both")
+        if topic is not None:
+            feed = self.feeds.get(topic)
+            return feed.sent if feed is not None else 0
+        with self.lock:
+            return self.frames_sent if conn_id is None else self.conn_sent.get(conn_id, 0)
+
 
 class FakeBybit:
     """A fake Bybit v5 public websocket server running in a background thread.
@@ -807,6 +1165,11 @@ class FakeBybit:
         specs: Mapping[str, tuple[float, float]] | None = None,
         path: str = DEFAULT_PATH,
         faults: Sequence[Fault] = (),
+        load: bool = False,
+        load_ring: int = 256,
+        load_tick_ms: float = 5.0,
+        load_keep: int = 0,
+        load_depths: Iterable[int] = (50,),
     ) -> None:
         """Configure; nothing listens until ``start()``.
 
@@ -816,6 +1179,11 @@ class FakeBybit:
         until every topic it subscribed has had N data frames queued (Bybit was seen sending 13 first).
         ``specs`` maps symbol -> (mid, tick) for the synthetic books. ``faults`` are armed from the
         start (see ``Fault``); more can be added with ``inject()``.
+
+        ``load`` True: load mode (module docstring): rings of ``load_ring`` frames per topic (built here for
+        the depths in ``load_depths``, ~40 us a frame at depth 50; other depths on first subscribe), one
+        scheduler tick every ``load_tick_ms``, counters only plus the last ``load_keep`` data frames. In load
+        mode ``book()`` is the generator, ``load_ring`` frames ahead of what was sent.
         """
         self._core = _Core(
             port=port,
@@ -829,6 +1197,11 @@ class FakeBybit:
             specs=specs,
             path=path,
             faults=faults,
+            load=load,
+            load_ring=load_ring,
+            load_tick_ms=load_tick_ms,
+            load_keep=load_keep,
+            load_depths=load_depths,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -915,8 +1288,17 @@ class FakeBybit:
         """Client frames that were not JSON objects or named an unknown op."""
         return self._core.bad_requests
 
+    @property
+    def load(self) -> bool:
+        """True in load mode."""
+        return self._core.load
+
     def records(self) -> list[SentFrame]:
-        """Every frame sent (data and replies) and every fault event, all connections, in send order."""
+        """Every frame sent (data and replies) and every fault event, all connections, in send order.
+
+        Load mode: every reply, but only the last ``load_keep`` data frames (none by default)."""
+        if self._core.load:
+            return self._core.load_records()
         with self._core.lock:
             return list(self._core.records)
 
@@ -966,11 +1348,33 @@ class FakeBybit:
         return [r.text for r in self.records() if r.kind == KIND_REPLY and conn_id in (None, r.conn_id)]
 
     def sent_count(self, topic: str | None = None) -> int:
-        """How many data frames were sent (optionally for one topic)."""
+        """How many data frames were sent (optionally for one topic). Cheap in load mode (a counter)."""
+        if self._core.load:
+            return self._core.data_sent(topic)
         return len(self.sent_frames(topic))
+
+    def sent_by_connection(self) -> dict[str, int]:
+        """conn_id -> data frames sent on it, every connection that was sent anything, in first-send order."""
+        if self._core.load:
+            with self._core.lock:
+                return dict(self._core.conn_sent)
+        out: dict[str, int] = {}
+        for r in self.records():
+            out[r.conn_id] = out.get(r.conn_id, 0) + (r.topic is not None)
+        return out
+
+    def load_stats(self) -> dict[str, Any]:
+        """Load mode: ``frames`` and ``bytes`` written, ``ticks``, ``late_ticks`` (woke more than a tick
+        late), ``max_lag_ms``, ``loop_cpu_s`` (CPU time of the server's event-loop thread, which does all
+        the sending), ``rings_built``, ``ring_frames``, ``ring_build_s``, ``buffered_bytes`` (written but
+        still in the live connections' transport buffers, not yet taken by the kernel), ``connections``.
+        Not load mode: {}."""
+        return self._core.load_stats() if self._core.load else {}
 
     def conn_ids(self) -> list[str]:
         """conn_ids of the frames sent so far, each once, in first-send order."""
+        if self._core.load:
+            return list(self.sent_by_connection())
         return list(dict.fromkeys(r.conn_id for r in self.records()))
 
     def subscriptions(self, timeout: float = 5.0) -> list[tuple[str, str]]:
@@ -1036,6 +1440,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--path", default=DEFAULT_PATH, help="path printed in the URL (any path is accepted)")
     p.add_argument("--fault", action="append", default=[], type=Fault.parse, metavar="SPEC",
                    help='arm a fault: "kind[:topic=T,after=N,arg=X,once=false]"; repeatable')
+    p.add_argument("--load", action="store_true",
+                   help="load mode: pre-serialised frame rings, batched writes, counters only (benchmarks)")
+    p.add_argument("--load-ring", type=int, default=256, help="load mode: frames per topic ring (default 256)")
+    p.add_argument("--load-tick-ms", type=float, default=5.0, help="load mode: scheduler tick (default 5 ms)")
+    p.add_argument("--load-keep", type=int, default=0, help="load mode: data frames kept in memory (default 0)")
     return p.parse_args(argv)
 
 
@@ -1055,6 +1464,10 @@ def main(argv: list[str] | None = None) -> int:
         specs=None,
         path=args.path,
         faults=args.fault,
+        load=args.load,
+        load_ring=args.load_ring,
+        load_tick_ms=args.load_tick_ms,
+        load_keep=args.load_keep,
     )
 
     async def run() -> None:
@@ -1075,8 +1488,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot listen on {HOST}:{args.port}: {exc}", file=sys.stderr)
         return 1
-    with core.lock:
-        n = sum(1 for r in core.records if r.topic is not None)
+    n = core.data_sent()
     print(f"stopped; {n} data frames sent over {core.total_connections} connections", file=sys.stderr)
     return 0
 
