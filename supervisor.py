@@ -378,22 +378,33 @@ class Root:
         return None
 
     def _shutdown(self, exit_code: int) -> int:
-        deadline = time.monotonic() + self.cfg.shutdown_deadline_s + 5.0
-        for child in self.shards:
+        # A shard gets shutdown_deadline_s to close its socket and flush, and then as long as it reports
+        # that it is still draining into a writer that makes progress (a backlog of acked batches).
+        grace = self.cfg.shutdown_deadline_s + 5.0
+        running = [c for c in self.shards if c.running]  # one waiting for its restart was already judged
+        for child in running:
             _send_stop(child)
-        for child in self.shards:
-            if child.proc is None:
-                continue
-            child.proc.join(timeout=max(0.1, deadline - time.monotonic()))
-            if child.proc.is_alive():
-                log.error("shard did not stop in time; killing it", extra={"fields": {"shard": child.name}})
-                child.proc.kill()
-                child.proc.join(timeout=5.0)
+        t0 = time.monotonic()
+        for child in running:
+            while child.proc.is_alive():
+                child.proc.join(timeout=0.2)
+                now = time.monotonic()
+                last_drain = child.heartbeats.get("drain", 0.0)
+                if now - t0 > grace and now - last_drain > grace:
+                    log.error("shard did not stop in time; killing it", extra={"fields": {"shard": child.name}})
+                    child.proc.kill()
+                    child.proc.join(timeout=5.0)
+                    exit_code = exit_code or EXIT_CHILD_FAILED
+                    break
+            if child.proc.exitcode not in (0, None):
+                # e.g. rows it could not hand to the writer: the run was not clean, say so
+                log.error("shard stopped with an error", extra={"fields": {
+                    "shard": child.name, "exitcode": child.proc.exitcode}})
                 exit_code = exit_code or EXIT_CHILD_FAILED
         w = self.writer
         if w.running:
             _send_stop(w)
-            w.proc.join(timeout=max(30.0, deadline - time.monotonic()))
+            w.proc.join(timeout=max(10.0, 2 * self.cfg.shutdown_deadline_s + 5.0))
             if w.proc.is_alive():
                 log.critical("writer did not stop in time; killing it (uncommitted batches are lost)")
                 w.proc.kill()

@@ -126,7 +126,7 @@ class FeaturesActor(pykka.ThreadingActor):
     def _on_tick(self, now_ns: int) -> None:
         if (self.rows and time.monotonic() - self.batch_started >= self.max_age_s) or self.gaps or self.sessions:
             self._flush()
-        if self.backpressured and self.link.depth() <= self.link.capacity // 2:
+        if self.backpressured and self.link.rows_held <= self.link.capacity_rows // 2:
             self._recover_from_backpressure()
         if self.pending_resync and not self.backpressured:
             self._retry_stuck_resyncs(now_ns)
@@ -212,7 +212,7 @@ class FeaturesActor(pykka.ThreadingActor):
         self._collect_events()
         if first:
             log.critical("writer too slow: link full, rows shed, topics marked out of sync", extra={"fields": {
-                "shard": self.shard_id, "rows_shed": len(rows), "link_capacity_batches": self.link.capacity}})
+                "shard": self.shard_id, "rows_shed": len(rows), "link_capacity_rows": self.link.capacity_rows}})
 
     def _recover_from_backpressure(self) -> None:
         self.backpressured = False
@@ -245,7 +245,8 @@ class FeaturesActor(pykka.ThreadingActor):
                 "mailbox": self.actor_inbox.qsize(), "topics": self.keeper.snapshot_stats(),
                 "rows_sent": self.rows_sent, "rows_shed": self.rows_shed, "batches_sent": self.batches_sent,
                 "rows_buffered": len(self.rows), "silent_resubscribes": self.silent_resubscribes,
-                "writer_link": {"depth": link.depth(), "capacity": link.capacity, "acked": link.acked,
+                "writer_link": {"depth_rows": link.rows_held, "capacity_rows": link.capacity_rows,
+                                "depth_batches": link.depth(), "acked": link.acked,
                                 "reconnects": link.reconnects, "resent": link.resent}}
 
     def on_stop(self) -> None:

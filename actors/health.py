@@ -88,8 +88,9 @@ class HealthActor(pykka.ThreadingActor):
                     topics[topic] = {"shard": st.shard_id, **t}
             link = stats.get("writer_link")
             if isinstance(link, dict):
-                queues[f"shard-{st.shard_id}->writer"] = {"depth": link.get("depth"), "capacity": link.get("capacity"),
-                                                          "unit": "batches"}
+                queues[f"shard-{st.shard_id}->writer"] = {
+                    "depth": link.get("depth_rows"), "capacity": link.get("capacity_rows"), "unit": "rows",
+                    "batches": link.get("depth_batches")}
             # An actor restarts with its process (the shard is the unit of failure): show that child's
             # supervision state next to the actor's own counters.
             child = "writer" if st.role == "writer" else f"shard-{st.shard_id}"

@@ -27,6 +27,7 @@ from actors.replay import ReplayActor
 from actors.reporting import Reporter
 from actors.writer import WriteBatch, WriterActor
 from messages.control import Begin, Tick
+from messages.health import Status
 from recorder.config import RecorderConfig
 from recorder.faults import Faults
 from recorder.logs import child_logging
@@ -91,7 +92,7 @@ def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], write
     end_of_stream = threading.Event()
     replay = cfg.replay is not None
     credits = threading.Semaphore(4) if replay else None
-    link = WriterLink(writer_address, capacity=cfg.writer_queue_batches)
+    link = WriterLink(writer_address, capacity_rows=cfg.writer_queue_rows)
 
     if replay:
         source = ReplayActor.start(cfg.replay, credits, on_fatal, partition)
@@ -142,9 +143,14 @@ def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], write
             log.error("actor did not stop in time", extra={"fields": {"shard": shard_id}})
         except pykka.ActorDeadError:
             pass
-    lost = link.close(timeout_s=cfg.shutdown_deadline_s)
+    def draining(rows_held: int) -> None:
+        # Tells the root this shard is still draining into a writer that makes progress: wait for it.
+        uplink.put(Status("shard", "drain", shard_id, os.getpid(), time.time_ns(), {"rows_held": rows_held}))
+
+    lost = link.close(progress_timeout_s=cfg.shutdown_deadline_s, on_wait=draining)
     if lost:
-        log.error("batches not committed at exit", extra={"fields": {"shard": shard_id, "batches": lost}})
+        log.critical("rows lost at stop: the writer acknowledged nothing for shutdown_deadline_s",
+                     extra={"fields": {"shard": shard_id, "rows": lost}})
     if fatal:
         log.error("shard failed", extra={"fields": {"shard": shard_id, "reason": fatal[0], "dead_actors": dead}})
         pykka.ActorRegistry.stop_all(block=True, timeout=2.0)
@@ -217,7 +223,7 @@ def run_writer(cfg: RecorderConfig, address: str, ctl: Connection, uplink_conn: 
             writer.tell(Tick(time.time_ns()))
     listener.close()
     try:
-        writer.stop(block=True, timeout=max(30.0, cfg.shutdown_deadline_s))
+        writer.stop(block=True, timeout=max(5.0, 2 * cfg.shutdown_deadline_s))
     except pykka.Timeout:
         log.critical("writer did not finish in time")
         sys.exit(EXIT_FAILED)

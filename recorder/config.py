@@ -49,7 +49,7 @@ class RecorderConfig:
     table_name: str = "l2_training_data_practical"
     buffer_size: int = 1000
     write_interval: float = 0.05
-    writer_queue_batches: int = 256
+    writer_queue_rows: int = 50_000
     max_reconnect_attempts: int = 0
     reconnect_delay: float = 0.5
     reconnect_delay_max_s: float = 60.0
@@ -200,7 +200,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
         k, v, "must be an SQL identifier (letters, digits, underscore)"),
     "buffer_size": lambda k, v: _as_int(k, v, 1, 100_000),
     "write_interval": lambda k, v: _as_float(k, v, 0.001, 60.0),
-    "writer_queue_batches": lambda k, v: _as_int(k, v, 1, 100_000),
+    "writer_queue_rows": lambda k, v: _as_int(k, v, 1, 100_000_000),
     "max_reconnect_attempts": lambda k, v: _as_int(k, v, 0, 1_000_000),
     "reconnect_delay": lambda k, v: _as_float(k, v, 0.01, 3600.0),
     "reconnect_delay_max_s": lambda k, v: _as_float(k, v, 0.01, 3600.0),

@@ -6,7 +6,7 @@ holds the queue's internal lock (the writer waits in ``get()`` holding the read 
 time) leaves the lock taken forever, and the restarted writer (or every other shard) deadlocks. Here each
 shard incarnation has its own connection; a dead peer is an EOF on that connection only.
 
-Shard side: ``put()`` blocks while ``capacity`` batches wait (the bound, and the backpressure); a sender
+Shard side: ``put()`` blocks while ``capacity_rows`` rows are held (the bound, and the backpressure); a sender
 thread keeps at most ``window`` batches unacknowledged, and resends them, in order, after reconnecting.
 The writer inserts with ``INSERT OR IGNORE`` on the natural key, so a resent batch adds nothing twice.
 """
@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import marshal
-import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from multiprocessing.connection import Client, Connection
 
 from messages.writer import GapRecord, RowBatch, SessionRecord
@@ -45,56 +45,82 @@ def decode(data: bytes) -> RowBatch:
 
 
 class WriterLink:
-    """Not an actor: a plain object with one sender thread, owned by a shard process."""
+    """Not an actor: a plain object with one sender thread, owned by a shard process.
 
-    def __init__(self, address: str, *, capacity: int, window: int = 8,
+    The bound is in rows (waiting plus unacknowledged), not batches: live batches vary in size with the
+    traffic, and memory follows rows.
+    """
+
+    def __init__(self, address: str, *, capacity_rows: int, window: int = 8,
                  reconnect_max_s: float = 1.0) -> None:
         self.address = address
-        self.capacity = capacity
+        self.capacity_rows = capacity_rows
         self.window = window
         self.reconnect_max_s = reconnect_max_s
-        self.pending: queue.Queue[RowBatch] = queue.Queue(maxsize=capacity)
+        self.pending: deque[RowBatch] = deque()
         self.unacked: OrderedDict[int, RowBatch] = OrderedDict()
+        self.rows_held = 0  # rows in pending + unacked
+        self.cond = threading.Condition()
         self.conn: Connection | None = None
         self.next_no = 0
         self.acked = 0
         self.reconnects = 0
         self.resent = 0
-        self._closing = threading.Event()
         self._abort = threading.Event()
-        self._idle = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="writer-link", daemon=True)
         self.thread.start()
 
+    def _has_room(self, n: int) -> bool:
+        # An empty link always takes a batch, however large: a batch bigger than the bound must not wedge.
+        return self.rows_held == 0 or self.rows_held + n <= self.capacity_rows
+
+    def _append(self, rows: tuple[tuple[object, ...], ...], gaps: tuple[object, ...], shard_id: int,
+                sessions: tuple[object, ...]) -> None:
+        self.next_no += 1
+        self.pending.append(RowBatch(shard_id, rows, gaps, self.next_no, sessions))  # type: ignore[arg-type]
+        self.rows_held += len(rows)
+        self.cond.notify_all()
+
     def put(self, rows: tuple[tuple[object, ...], ...], gaps: tuple[object, ...], shard_id: int,
             sessions: tuple[object, ...] = ()) -> None:
-        """Queue a batch; blocks while ``capacity`` batches are already waiting."""
-        self.next_no += 1
-        self.pending.put(RowBatch(shard_id, rows, gaps, self.next_no, sessions))  # type: ignore[arg-type]
+        """Queue a batch; blocks while the link holds ``capacity_rows`` rows."""
+        with self.cond:
+            while not self._has_room(len(rows)):
+                self.cond.wait(0.1)
+            self._append(rows, gaps, shard_id, sessions)
 
     def try_put(self, rows: tuple[tuple[object, ...], ...], gaps: tuple[object, ...], shard_id: int,
                 sessions: tuple[object, ...] = ()) -> bool:
-        """Queue a batch unless ``capacity`` batches already wait; False means the writer is too slow."""
-        batch = RowBatch(shard_id, rows, gaps, self.next_no + 1, sessions)  # type: ignore[arg-type]
-        try:
-            self.pending.put_nowait(batch)
-        except queue.Full:
-            return False
-        self.next_no += 1
-        return True
+        """Queue a batch unless the link is full; False means the writer is too slow."""
+        with self.cond:
+            if not self._has_room(len(rows)):
+                return False
+            self._append(rows, gaps, shard_id, sessions)
+            return True
 
     def depth(self) -> int:
-        return self.pending.qsize() + len(self.unacked)
+        """Batches not yet acknowledged."""
+        return len(self.pending) + len(self.unacked)
 
-    def close(self, timeout_s: float) -> int:
-        """Wait until every batch is acknowledged (committed) or the deadline passes; returns the number of
-        batches not acknowledged."""
-        self._closing.set()
-        deadline = time.monotonic() + timeout_s
-        with self._idle:
-            while self.depth() and time.monotonic() < deadline:
-                self._idle.wait(timeout=0.05)
-        lost = self.depth()
+    def close(self, progress_timeout_s: float, on_wait: Callable[[int], None] | None = None) -> int:
+        """Wait until every batch is acknowledged (committed). Waits as long as the writer makes progress;
+        gives up after ``progress_timeout_s`` without a single acknowledgement. Returns the number of rows
+        not acknowledged (lost)."""
+        last_acked = self.acked
+        last_progress = time.monotonic()
+        next_report = 0.0
+        with self.cond:
+            while self.rows_held:
+                self.cond.wait(timeout=0.05)
+                now = time.monotonic()
+                if self.acked != last_acked:
+                    last_acked, last_progress = self.acked, now
+                elif now - last_progress > progress_timeout_s:
+                    break
+                if on_wait is not None and now >= next_report:
+                    next_report = now + 0.5
+                    on_wait(self.rows_held)
+            lost = self.rows_held
         self._abort.set()
         self.thread.join(timeout=2.0)
         if self.conn is not None:
@@ -114,7 +140,7 @@ class WriterLink:
                 continue
             if self.unacked:
                 self.resent += len(self.unacked)
-                for batch in self.unacked.values():  # in order: a gap's close never precedes its open
+                for batch in list(self.unacked.values()):  # in order: a gap's close never precedes its open
                     conn.send_bytes(encode(batch))
             return conn
         return None
@@ -128,19 +154,23 @@ class WriterLink:
             conn = self.conn
             try:
                 while len(self.unacked) < self.window:
-                    try:
-                        batch = self.pending.get(timeout=0.0 if self.unacked else 0.05)
-                    except queue.Empty:
-                        break
-                    self.unacked[batch.batch_no] = batch
+                    with self.cond:
+                        if not self.pending:
+                            if not self.unacked:
+                                self.cond.wait(0.05)
+                            if not self.pending:
+                                break
+                        batch = self.pending.popleft()
+                        self.unacked[batch.batch_no] = batch
                     conn.send_bytes(encode(batch))
-                while conn.poll(0.0 if len(self.unacked) < self.window and not self.pending.empty() else 0.02):
+                while conn.poll(0.0 if len(self.unacked) < self.window and self.pending else 0.02):
                     no = conn.recv()
-                    if self.unacked.pop(no, None) is not None:
-                        self.acked += 1
-                if not self.unacked:
-                    with self._idle:
-                        self._idle.notify_all()
+                    with self.cond:
+                        done = self.unacked.pop(no, None)
+                        if done is not None:
+                            self.acked += 1
+                            self.rows_held -= len(done.rows)
+                            self.cond.notify_all()
             except (EOFError, OSError):
                 # The writer went away (restart): reconnect and resend what it never acknowledged.
                 self.reconnects += 1

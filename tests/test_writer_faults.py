@@ -82,8 +82,8 @@ def test_full_database_is_critical_keeps_rows_and_resumes_when_space_returns(ser
 
 
 def test_slow_writer_sheds_rows_into_a_backpressure_gap_then_resubscribes(server: FakeBybit, tmp_path: Path):
-    # A tiny link (2 batches) and a database held locked: the live shard must not pile up in memory.
-    env = {"L2REC_WRITER_QUEUE_BATCHES": "2", "L2REC_BUFFER_SIZE": "20"}
+    # A tiny link (60 rows) and a database held locked: the live shard must not pile up in memory.
+    env = {"L2REC_WRITER_QUEUE_ROWS": "60", "L2REC_BUFFER_SIZE": "20"}
     rec = RecorderProcess(tmp_path, server.url, "BTCUSDT,ETHUSDT", env=env)
     try:
         rec.wait_rows(100)
@@ -107,3 +107,18 @@ def test_slow_writer_sheds_rows_into_a_backpressure_gap_then_resubscribes(server
     for topic in dump["topics"].values():
         assert topic["unaccounted"] == 0 and topic["in_gap"] > 0
     assert dump["actors"]["shard:0:features"]["rows_shed"] > 0
+
+
+def test_rows_the_writer_never_acknowledged_make_the_stop_fail_loudly(server: FakeBybit, tmp_path: Path):
+    # The writer hangs: the shards cannot hand over their rows, and must not pretend they did.
+    env = {"L2REC_FAULTS": "writer:hang_after=5", "L2REC_SHUTDOWN_DEADLINE_S": "1",
+           "L2REC_HEARTBEAT_TIMEOUT_S": "600"}
+    rec = RecorderProcess(tmp_path, server.url, "BTCUSDT", env=env)
+    try:
+        wait_for(lambda: server.sent_count() >= 200, 30, "frames sent")
+        code = rec.stop(timeout=90)
+    finally:
+        rec.kill()
+    assert code == 1
+    lost = rec.log_events("rows lost at stop: the writer acknowledged nothing for shutdown_deadline_s")
+    assert lost and lost[0]["level"] == "CRITICAL" and int(lost[0]["rows"]) > 0
