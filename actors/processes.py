@@ -25,7 +25,7 @@ from actors.features import FeaturesActor
 from actors.parser import ParserActor
 from actors.replay import ReplayActor
 from actors.reporting import Reporter
-from actors.writer import WriteBatch, WriterActor
+from actors.writer import WriteBatch, WriteGroup, WriterActor
 from messages.control import Begin, Tick
 from messages.health import Status
 from recorder.config import RecorderConfig
@@ -41,6 +41,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_DB = 3
 EXIT_RATE_LIMITED = 4
+MAX_GROUP_BATCHES = 64
 
 
 def _child_setup(uplink_conn: Connection, level: str, role: str) -> Uplink:
@@ -108,7 +109,7 @@ def run_shard(shard_id: int, cfg: RecorderConfig, topics: tuple[str, ...], write
         topics=None if replay else frozenset(topics),
         symbols=frozenset(cfg.symbols) if replay and cfg.replay_filter_symbols else None,
         depth=cfg.orderbook_depth if replay and cfg.replay_filter_depth else None,
-        reporter=Reporter(uplink, "shard", "parser", shard_id), faults=faults)
+        reporter=Reporter(uplink, "shard", "parser", shard_id), faults=faults, coalesce=not replay)
     actors = [source, parser, features]
     ticker_stop = threading.Event()
     ticker = threading.Thread(target=_ticker, args=([parser, features] if replay else actors, ticker_stop),
@@ -197,21 +198,34 @@ def run_writer(cfg: RecorderConfig, address: str, ctl: Connection, uplink_conn: 
             stopping = _stop_requested(ctl, 0.0)
         if stopping is not None and not conns:
             break
+        # Everything already waiting goes to the actor as one group, so it can commit it in one
+        # transaction (group commit); each batch takes an in-flight permit, so reading stops while the
+        # database is slow and the shards' links fill up.
+        group: list[WriteBatch] = []
         for conn in wait(conns, timeout=0.05) if conns else ():
-            try:
-                batch = decode(conn.recv_bytes())  # type: ignore[union-attr]
-            except (EOFError, OSError):
-                conns.remove(conn)  # type: ignore[arg-type]
-                continue
-            except (ValueError, TypeError):  # not a batch: a broken peer; drop its connection
-                log.error("undecodable batch; dropping that shard's link")
-                conns.remove(conn)  # type: ignore[arg-type]
-                conn.close()  # type: ignore[union-attr]
-                continue
-            while not inflight.acquire(timeout=0.5):
-                if not writer.is_alive():
+            while len(group) < MAX_GROUP_BATCHES:
+                if not group:
+                    while not inflight.acquire(timeout=0.5):
+                        if not writer.is_alive():
+                            sys.exit(EXIT_FAILED)
+                elif not inflight.acquire(blocking=False):
                     break
-            writer.tell(WriteBatch(batch, conn))
+                try:
+                    group.append(WriteBatch(decode(conn.recv_bytes()), conn))  # type: ignore[union-attr]
+                except (EOFError, OSError):
+                    inflight.release()
+                    conns.remove(conn)  # type: ignore[arg-type]
+                    break
+                except (ValueError, TypeError):  # not a batch: a broken peer; drop its connection
+                    inflight.release()
+                    log.error("undecodable batch; dropping that shard's link")
+                    conns.remove(conn)  # type: ignore[arg-type]
+                    conn.close()  # type: ignore[union-attr]
+                    break
+                if not conn.poll(0):  # type: ignore[union-attr]
+                    break
+        if group:
+            writer.tell(WriteGroup(tuple(group)))
         if not writer.is_alive():
             log.critical("writer actor died; exiting so that the supervisor restarts the writer")
             sys.exit(EXIT_FAILED)

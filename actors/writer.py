@@ -46,6 +46,13 @@ class WriteBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class WriteGroup:
+    """Writer pump -> WriterActor: every batch that was waiting, to be committed together."""
+
+    batches: tuple[WriteBatch, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RetryWrites:
     """WriterActor -> itself, after the backoff delay."""
 
@@ -81,10 +88,10 @@ class WriterActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         self.msgs_in += 1
-        if isinstance(message, WriteBatch):
+        if isinstance(message, WriteGroup):
             if self.fault is not None:
                 self.fault.on_message()
-            self.backlog.append(message)
+            self.backlog.extend(message.batches)
             if not self.retry_pending:
                 self._drain()
         elif isinstance(message, RetryWrites):
