@@ -746,7 +746,7 @@ def live_part(args: argparse.Namespace) -> None:
                 if isinstance(r2c, dict) and r2c.get("p99") is not None:
                     has_writer_lat = True
                     s.writer_p99_ms = float(r2c["p99"])
-                s.link_depth = sum(int(a.get("writer_link", {}).get("depth", 0)) for k, a in actors.items()
+                s.link_depth = sum(int(a.get("writer_link", {}).get("depth_rows", 0)) for k, a in actors.items()
                                    if k.endswith(":features"))
                 s.mailboxes = sum(int(a.get("mailbox", 0)) for k, a in actors.items() if k.startswith("shard:"))
                 feats = [a for k, a in actors.items() if k.endswith(":features")]
@@ -877,7 +877,7 @@ def _print_live(args: argparse.Namespace, samples: list[LiveSample], probe: Late
         ["in-flight slope (frames/s; ~0 = no queue growth)", f"{slope:,.1f}"],
         ["not recorded (gaps: shed under backpressure, out of sync until resubscribed), frames/s (steady)",
          f"{_slope([(s.t, s.lost or 0) for s in steady]):,.0f} (rows shed in all: {end.rows_shed})"],
-        ["writer link depth (batches, all shards) min / median / max / end",
+        ["writer link depth (rows, all shards) min / median / max / end",
          f"{min_(depths)} / {med_or_nan([float(d) for d in depths]):.0f} / {max_(depths)} / {end.link_depth}"],
         ["actor mailboxes (sum) min / max / end",
          f"{min_(s.mailboxes for s in steady)} / {max_(s.mailboxes for s in steady)} / {end.mailboxes}"],
@@ -914,7 +914,7 @@ def _print_live(args: argparse.Namespace, samples: list[LiveSample], probe: Late
     print_table("Over time (rates over the preceding interval; in flight = sent - committed - not recorded, i.e. "
                 "everything between the fake's buffers and the commit; not recorded = cumulative frames that became "
                 "gaps):",
-                ["t s", "sent/s", "committed/s", "in flight", "not recorded", "link depth", "mailboxes", "RSS MiB",
+                ["t s", "sent/s", "committed/s", "in flight", "not recorded", "link rows", "mailboxes", "RSS MiB",
                  "threads", "fds", "load"], series)
     print(f"(latency: {len(lat_steady):,} rows after the first {warm:.0f} s; method: the bench polls the database "
           "every 20 ms for rows above the last rowid seen, latency = time of that poll - recv_time_ns of the row, "

@@ -50,6 +50,9 @@ def connect(path: str, *, busy_timeout_s: float = 1.0, max_pages: int = 0) -> sq
     conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    # Each symbol appends at its own spot of every index: with hundreds of symbols the hot pages are
+    # several MiB, past SQLite's 2 MiB default cache, and every insert then reads and writes pages.
+    conn.execute("PRAGMA cache_size=-32768")
     if max_pages:
         conn.execute(f"PRAGMA max_page_count={int(max_pages)}")
     return conn
