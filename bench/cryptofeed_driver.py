@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recorder.features import IsoMillis
+
 SKIP_PREFIX = "cryptofeed unavailable: "
 
 
@@ -76,23 +78,6 @@ class _Conn:
     uuid = "bench"
 
 
-class _Iso:
-    """The same cached per-second ISO formatter as the recorder's (so the timestamp costs the same)."""
-
-    __slots__ = ("_prefix", "_sec")
-
-    def __init__(self) -> None:
-        self._sec = -1
-        self._prefix = ""
-
-    def __call__(self, ts_ms: int) -> str:
-        sec, ms = divmod(ts_ms, 1000)
-        if sec != self._sec:
-            self._sec = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{ms:03d}Z"
-
-
 def _symbols_of(lines: list[str]) -> list[str]:
     out: dict[str, None] = {}
     for line in lines:
@@ -106,7 +91,7 @@ def _symbols_of(lines: list[str]) -> list[str]:
 def make_callback(n: int, *, decimal: bool, collect: int, sink: list[tuple[object, ...]],
                   counter: list[int]) -> Any:
     """The book callback: features of the book after every message, one row tuple per message."""
-    iso = _Iso()
+    iso = IsoMillis()  # the recorder's own cached formatter, so the timestamp costs the same
     rng = range(10)
 
     async def book_cb(book: Any, receipt_ts: float) -> None:
