@@ -180,7 +180,7 @@ def test_silent_stall_is_detected_within_ping_interval_plus_timeout(tmp_path: Pa
     # plus pong timeout (0.3 s), give or take scheduling on a busy machine.
     ((ended_ns,),) = rec.query("SELECT ended_ns FROM l2_sessions ORDER BY id LIMIT 1")
     ((last_recv_ns,),) = rec.query(f"SELECT MAX(recv_time_ns) FROM {TABLE} WHERE recv_time_ns < ?", (ended_ns,))
-    assert 0.3 <= (ended_ns - last_recv_ns) / 1e9 <= 0.6 + 1.0
+    assert 0.3 <= (ended_ns - last_recv_ns) / 1e9 <= 0.6 + 2.4
 
 
 def test_silent_topic_is_resubscribed_while_the_socket_lives(tmp_path: Path):
