@@ -13,6 +13,18 @@ from tests.conftest import ROOT, clean_env, supervisor_cmd, wait_for
 
 TABLE = "l2_training_data_practical"
 
+Key = tuple[str, int, int]
+
+
+def frame_key(text: str) -> Key:
+    """(symbol, u, ts) of a frame the server sent: what identifies its row."""
+    m = json.loads(text)
+    return m["data"]["s"], m["data"]["u"], m["ts"]
+
+
+def frame_keys(texts: list[str]) -> set[Key]:
+    return {frame_key(t) for t in texts}
+
 
 class RecorderProcess:
     def __init__(self, tmp: Path, url: str, symbols: str, *extra: str, env: dict[str, str] | None = None) -> None:
@@ -71,6 +83,9 @@ class RecorderProcess:
                 return c.execute(sql, args).fetchall()
             except sqlite3.OperationalError:
                 return []  # table not created yet
+
+    def row_keys(self) -> set[Key]:
+        return set(self.query(f"SELECT symbol, sequence, exchange_timestamp FROM {TABLE}"))
 
     def row_count(self) -> int:
         rows = self.query(f"SELECT COUNT(*) FROM {TABLE}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.fakes.bybit_server import FakeBybit
-from tests.recorder_process import TABLE, RecorderProcess
+from tests.recorder_process import TABLE, RecorderProcess, frame_key
 from tests.reference import RefRecorder, diff_row
 
 SYMBOLS = "BTCUSDT,ETHUSDT"
@@ -26,15 +25,6 @@ def server():
 
 def sent_book_frames(srv: FakeBybit) -> list[str]:
     return [r.text for r in srv.records() if r.topic is not None]
-
-
-def recorded_keys(rec: RecorderProcess) -> set[tuple[str, int, int]]:
-    return set(rec.query(f"SELECT symbol, sequence, exchange_timestamp FROM {TABLE}"))
-
-
-def frame_key(text: str) -> tuple[str, int, int]:
-    m = json.loads(text)
-    return m["data"]["s"], m["data"]["u"], m["ts"]
 
 
 def assert_rows_match_reference(rec: RecorderProcess, frames_by_conn: dict[str, list[str]]) -> int:
@@ -77,7 +67,7 @@ def test_sigterm_every_frame_sent_is_a_row_and_exit_0(server: FakeBybit, tmp_pat
     finally:
         rec.kill()
     frames = sent_book_frames(server)
-    assert {frame_key(f) for f in frames} <= recorded_keys(rec)
+    assert {frame_key(f) for f in frames} <= rec.row_keys()
     assert rec.row_count() == len(frames)
     assert assert_rows_match_reference(rec, frames_by_connection(server)) == len(frames)
     # subscribed in one request with a req_id; the ack was recognised as a reply, not a row
@@ -95,7 +85,7 @@ def test_sigint_stops_cleanly_too(server: FakeBybit, tmp_path: Path):
         assert rec.stop() == 0
     finally:
         rec.kill()
-    assert {frame_key(f) for f in sent_book_frames(server)} <= recorded_keys(rec)
+    assert {frame_key(f) for f in sent_book_frames(server)} <= rec.row_keys()
 
 
 def test_reconnects_after_a_dropped_connection_and_records_the_gap(server: FakeBybit, tmp_path: Path):
@@ -113,7 +103,7 @@ def test_reconnects_after_a_dropped_connection_and_records_the_gap(server: FakeB
     assert len(by_conn) == 2
     # The new session's frames are all rows (the old socket was cut: what it had in flight is lost).
     new_conn = server.conn_ids()[-1]
-    assert {frame_key(f) for f in by_conn[new_conn]} <= recorded_keys(rec)
+    assert {frame_key(f) for f in by_conn[new_conn]} <= rec.row_keys()
     gaps = rec.query("SELECT topic, reason, recovered_at IS NOT NULL FROM l2_gaps ORDER BY topic")
     assert gaps == [("orderbook.50.BTCUSDT", "disconnect", 1), ("orderbook.50.ETHUSDT", "disconnect", 1)]
     disconnects = rec.log_events("disconnected")
@@ -174,7 +164,7 @@ def test_data_before_the_ack_is_recorded_and_json_pings_are_answered(tmp_path: P
         frames = srv.records()
     first_ack = next(i for i, r in enumerate(frames) if r.topic is None and '"op":"subscribe"' in r.text)
     assert sum(1 for r in frames[:first_ack] if r.topic is not None) >= 13
-    assert {frame_key(r.text) for r in frames if r.topic is not None} <= recorded_keys(rec)
+    assert {frame_key(r.text) for r in frames if r.topic is not None} <= rec.row_keys()
     conn = dump["actors"]["shard:0:connection"]
     assert conn["pings"] >= conn["pongs"] >= 2
     assert any('"ret_msg":"pong"' in r for r in replies)
@@ -193,7 +183,7 @@ def test_sigterm_during_a_busy_stream_loses_nothing(tmp_path: Path):
             rec.kill()
         sent = [frame_key(f) for f in sent_book_frames(srv)]
     assert len(sent) >= 5000
-    assert set(sent) <= recorded_keys(rec)
+    assert set(sent) <= rec.row_keys()
     assert rec.row_count() == len(sent)
 
 
@@ -218,7 +208,7 @@ def test_reconnects_with_capped_jittered_backoff_until_the_exchange_is_reachable
     for attempt, delay in enumerate(delays, start=1):
         base = min(0.4, 0.1 * 2 ** (attempt - 1))
         assert base * 0.8 <= delay <= base * 1.2, (attempt, delay)
-    assert sent <= recorded_keys(rec)
+    assert sent <= rec.row_keys()
 
 
 def test_tls_certificates_are_verified(tmp_path: Path):

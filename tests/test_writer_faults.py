@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.fakes.bybit_server import FakeBybit
-from tests.recorder_process import TABLE, RecorderProcess
+from tests.recorder_process import TABLE, RecorderProcess, frame_keys
 
 
 @pytest.fixture
@@ -20,14 +20,6 @@ def server():
     srv.start()
     yield srv
     srv.stop()
-
-
-def sent_keys(srv: FakeBybit) -> set[tuple[str, int, int]]:
-    return {(m["data"]["s"], m["data"]["u"], m["ts"]) for m in map(json.loads, srv.sent_frames())}
-
-
-def row_keys(rec: RecorderProcess) -> set[tuple[str, int, int]]:
-    return set(rec.query(f"SELECT symbol, sequence, exchange_timestamp FROM {TABLE}"))
 
 
 def test_database_locked_for_seconds_is_retried_and_nothing_is_lost(server: FakeBybit, tmp_path: Path):
@@ -48,7 +40,7 @@ def test_database_locked_for_seconds_is_retried_and_nothing_is_lost(server: Fake
         rec.kill()
     failed = rec.log_events("database write failed; batch kept and retried")[0]
     assert failed["level"] == "WARNING" and "locked" in str(failed["error"])
-    assert sent_keys(server) <= row_keys(rec)
+    assert frame_keys(server.sent_frames()) <= rec.row_keys()
     assert rec.query("SELECT COUNT(*) FROM l2_gaps") == [(0,)]
 
 
