@@ -102,6 +102,7 @@ class FeaturesActor(pykka.ThreadingActor):
             # Bybit answers a subscribe with a snapshot; a resubscribe is pending no more.
             self.pending_resync.clear()
             self.session = message
+            self.keeper.expect(message.topics)
             self.topic_seen_ns = dict.fromkeys(message.topics, message.connected_ns)
             self.sessions.append(SessionRecord(self.shard_id, message.session_id, message.url,
                                                len(message.topics), message.connected_ns, None, None, None))

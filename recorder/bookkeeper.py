@@ -156,6 +156,14 @@ class BookKeeper:
             if (topics is None or st.topic in topics) and st.synced:
                 self._open_gap(st, GAP_DISCONNECT, st.last_u, None, count_frame=False, resync=False)
 
+    def expect(self, topics: tuple[str, ...]) -> None:
+        """Subscribed topics are listed (unsynced, zero frames) before their first frame arrives, so that
+        a topic that never sends anything shows up as such."""
+        for topic in topics:
+            parsed = split_topic(topic)
+            if parsed is not None:
+                self._state(topic, parsed[1], parsed[0])
+
     def on_backpressure(self) -> None:
         """The writer cannot keep up and rows had to be shed: every synced topic has a gap until the
         link drains and a resubscribe brings fresh snapshots."""

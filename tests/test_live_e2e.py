@@ -145,6 +145,10 @@ def test_bybit_refusal_is_logged_with_the_topic_and_the_rest_goes_on(server: Fak
         rec.kill()
     (refusal,) = rec.log_events("Bybit refused a request")
     assert refusal["level"] == "ERROR" and refusal["topic"] == "orderbook.50.NOSUCHSYM"
+    # the final dump lists the refused topic as what it is: subscribed, never a frame, not in sync
+    topics = json.loads(rec.health_file.read_text())["topics"]
+    assert (topics["orderbook.50.NOSUCHSYM"]["frames"], topics["orderbook.50.NOSUCHSYM"]["synced"]) == (0, False)
+    assert topics["orderbook.50.BTCUSDT"]["synced"] is True
     assert "Invalid symbol" in str(refusal["ret_msg"])
     assert rec.query(f"SELECT DISTINCT symbol FROM {TABLE}") == [("BTCUSDT",)]
 
