@@ -8,6 +8,7 @@ before its close frame. The reader thread never parses and never logs per frame.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -25,10 +26,11 @@ from recorder.backoff import Backoff
 from recorder.config import RecorderConfig
 from recorder.faults import Faults
 from recorder.protocol import ping_request, subscribe_requests
+from recorder.ws_frames import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameParser, FrameTooLarge
 
 log = logging.getLogger("actors.connection")
 
-_DATA_OPCODES = (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY)
+_RECV_BYTES = 256 * 1024
 
 
 class ConnectionActor(pykka.ThreadingActor):
@@ -102,7 +104,6 @@ class ConnectionActor(pykka.ThreadingActor):
             return
         url = self.cfg.url
         ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True)
-        _limit_frame_size(ws, self.cfg.max_frame_bytes)
         try:
             ws.connect(url, timeout=self.cfg.connect_timeout_s)
         except Exception as exc:
@@ -129,7 +130,7 @@ class ConnectionActor(pykka.ThreadingActor):
         # Through the parser, so that the features actor sees it in order with the frames.
         self.parser.tell(SessionStarted(sid, url, self.topics, now))
         self.reader = threading.Thread(
-            target=_read_loop, args=(ws, sid, self.parser, self.actor_ref),
+            target=_read_loop, args=(ws, sid, self.parser, self.actor_ref, self.cfg.max_frame_bytes),
             name=f"ws-reader-{self.shard_id}-{sid}", daemon=True,
         )
         self.reader.start()
@@ -250,45 +251,50 @@ def _retry_after_s(exc: websocket.WebSocketBadStatusException) -> float:
         return 60.0  # no usable Retry-After: wait a minute rather than hammer the endpoint
 
 
-class FrameTooLarge(websocket.WebSocketException):
-    """A frame header announced more bytes than ``max_frame_bytes``."""
-
-
-def _limit_frame_size(ws: websocket.WebSocket, max_bytes: int) -> None:
-    """websocket-client has no size limit: check each frame's announced length before its payload is read,
-    so that a huge (or hostile) frame is refused without being buffered whole."""
-    fb = ws.frame_buffer
-    recv_length = fb.recv_length
-
-    def checked() -> None:
-        recv_length()
-        if fb.length is not None and fb.length > max_bytes:
-            raise FrameTooLarge(f"{fb.length} bytes > max_frame_bytes {max_bytes}")
-
-    fb.recv_length = checked  # type: ignore[method-assign]
-
-
 def _read_loop(ws: websocket.WebSocket, session_id: int, parser: pykka.ActorRef[Any],
-               owner: pykka.ActorRef[Any]) -> None:
-    """Receive, stamp, tell. Ends on the server's close frame, a socket error or a timeout."""
+               owner: pykka.ActorRef[Any], max_frame_bytes: int) -> None:
+    """Receive, stamp, tell. Ends on the server's close frame, a socket error or a timeout.
+
+    websocket-client did the handshake; frames are read here straight from its socket (recorder.ws_frames):
+    every frame of one ``recv`` shares its receive time and goes to the parser in one message.
+    """
     reason = "closed"
     graceful = False
     tell = parser.tell
-    recv = ws.recv_data_frame
+    sock = ws.sock
+    recv = sock.recv
+    frames = FrameParser(max_frame_bytes)
     clock = time.time_ns
     try:
         while True:
-            opcode, frame = recv(False)
-            if opcode in _DATA_OPCODES:
-                tell(RawFrames(session_id, ((clock(), frame.data),)))
-            elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else None
+            data = recv(_RECV_BYTES)
+            if not data:
+                reason = "socket closed by the peer without a close frame"
+                break
+            recv_ns = clock()
+            batch = []
+            closing = None
+            for opcode, payload in frames.feed(data):
+                if opcode in (OP_TEXT, OP_BINARY):
+                    batch.append((recv_ns, payload))
+                elif opcode == OP_PING:
+                    ws.pong(payload)
+                elif opcode == OP_CLOSE:
+                    closing = payload
+                    break
+            if batch:
+                tell(RawFrames(session_id, tuple(batch)))
+            if closing is not None:
+                code = int.from_bytes(closing[:2], "big") if len(closing) >= 2 else None
                 reason = f"server close code={code}"
                 graceful = code in (None, 1000, 1001)
+                if ws.connected:  # the server started the close: answer it, as the RFC asks
+                    with contextlib.suppress(Exception):
+                        ws.send_close()
                 break
     except FrameTooLarge as exc:
         reason = f"oversized frame refused: {exc}"
-    except websocket.WebSocketTimeoutException:
+    except TimeoutError:
         reason = "stall: nothing received (no data, no pong) within ping interval + pong timeout"
     except pykka.ActorDeadError:
         return
