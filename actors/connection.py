@@ -3,7 +3,8 @@
 The actor thread owns control: connect, subscribe (at most 10 args a request, each with a req_id), JSON
 ping every ``ping_interval_s``, resubscribe a topic on request, reconnect with capped exponential backoff
 and jitter, and on stop a graceful close that still reads (and forwards) every frame the server sent
-before its close frame. The reader thread never parses and never logs per frame.
+before its close frame. The reader thread only splits the byte stream into websocket frames
+(recorder.ws_frames); it never parses JSON and never logs per frame.
 """
 
 from __future__ import annotations

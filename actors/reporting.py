@@ -1,10 +1,8 @@
-"""Periodic status reports from actors to the root's HealthActor (through a process queue)."""
+"""Periodic status reports from actors to the root's HealthActor (up the process's uplink pipe)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
 import resource
 import time
 from typing import Any
@@ -15,7 +13,7 @@ REPORT_INTERVAL_NS = 1_000_000_000
 
 
 class Reporter:
-    """Sends an actor's status at most once per interval; never blocks (a full queue drops a report)."""
+    """Sends an actor's status at most once per interval (the uplink drops it if the root is gone)."""
 
     def __init__(self, status_q: Any, role: str, actor: str, shard_id: int | None) -> None:
         self.q = status_q
@@ -31,5 +29,4 @@ class Reporter:
         self.next_ns = now_ns + REPORT_INTERVAL_NS
         # The process's peak RSS rides along: the final dump still shows it after the process exited.
         stats["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        with contextlib.suppress(queue.Full):
-            self.q.put_nowait(Status(self.role, self.actor, self.shard_id, self.pid, time.time_ns(), stats))
+        self.q.put_nowait(Status(self.role, self.actor, self.shard_id, self.pid, time.time_ns(), stats))

@@ -10,8 +10,8 @@ class RawFrames:
     """Websocket text frames as received: ``(recv_ns, payload)`` pairs, in arrival order.
 
     ``recv_ns`` is ``time.time_ns()`` stamped by the reader thread, or ``None`` in a replay of a file
-    that does not carry receive times. A live connection sends one frame per message (low latency);
-    the replay reader sends batches (throughput).
+    that does not carry receive times. A live connection sends the frames of one socket ``recv`` per
+    message (they arrived together, so they share ``recv_ns``); the replay reader sends batches.
     """
 
     session_id: int

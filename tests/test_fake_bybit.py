@@ -401,18 +401,26 @@ def test_record_file(tmp_path: Path) -> None:
     assert path.read_text().splitlines() == received == srv.sent_frames()
 
 
-def test_cli_prints_url_and_serves() -> None:
+def start_cli(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """Run the fake from its command line, as a person would; returns the process and the URL it printed."""
     proc = subprocess.Popen(
-        [sys.executable, "tests/fakes/bybit_server.py", "--port", "0", "--symbols", "ETHUSDT",
-         "--interval-ms", "5", "--max-frames", "3", "--seed", "1"],
+        [sys.executable, "tests/fakes/bybit_server.py", "--port", "0", "--symbols", "ETHUSDT", "--interval-ms", "5",
+         *args],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    if not sel.select(timeout=10.0):
+        proc.kill()
+        proc.wait()
+        raise AssertionError("no URL printed")
+    return proc, proc.stdout.readline().strip()
+
+
+def test_cli_prints_url_and_serves() -> None:
+    proc, url = start_cli("--max-frames", "3", "--seed", "1")
     try:
-        assert proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        assert sel.select(timeout=10.0), "no URL printed"
-        url = proc.stdout.readline().strip()
         assert re.fullmatch(r"ws://127\.0\.0\.1:\d+/v5/public/linear", url), url
         with connect(url, open_timeout=TIMEOUT) as ws:
             send(ws, {"req_id": "c", "op": "subscribe", "args": ["orderbook.50.ETHUSDT"]})
@@ -938,17 +946,8 @@ def test_load_mode_keeps_the_cadence() -> None:
 
 
 def test_load_mode_cli() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "tests/fakes/bybit_server.py", "--port", "0", "--symbols", "ETHUSDT", "--interval-ms", "5",
-         "--load", "--load-ring", "4"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc, url = start_cli("--load", "--load-ring", "4")
     try:
-        assert proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        assert sel.select(timeout=10.0), "no URL printed"
-        url = proc.stdout.readline().strip()
         with connect(url, open_timeout=TIMEOUT) as ws:
             send(ws, {"req_id": "c", "op": "subscribe", "args": ["orderbook.50.ETHUSDT"]})
             assert recv(ws)["req_id"] == "c"
