@@ -169,7 +169,8 @@ class WriterActor(pykka.ThreadingActor):
                 "gaps_written": self.gaps_written, "last_commit_ms": round(s.last_commit_s * 1000, 3),
                 "recv_to_commit_ms": {**pct, "max": round(lat[-1], 3) if lat else None, "samples": len(lat)},
                 "failed_attempts": self.failures, "last_error": self.last_error,
-                "db_path": s.path, "table": s.table}
+                "db_path": s.path, "table": s.table,
+                "wal": s.checkpointer.status() if s.checkpointer is not None else None}
 
     def on_stop(self) -> None:
         if self.backlog:

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from messages.writer import GapRecord
-from recorder.schema import ADDED_COLUMNS, ROW_COLUMNS, SEED_COLUMNS
+from recorder.schema import ADDED_COLUMNS, NATURAL_KEY, ROW_COLUMNS, SEED_COLUMNS, table_ddl
 from recorder.storage import Store
 
 TABLE = "l2_training_data_practical"
@@ -51,8 +51,18 @@ def test_new_database_has_every_seed_column_with_its_type_and_the_added_ones(tmp
         assert cols[name] == decl.split()[0]
     with sqlite3.connect(db) as c:
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        idx = {r[1] for r in c.execute(f"PRAGMA index_list({TABLE})")}
-        assert any("symbol_exchange_ts" in i for i in idx)
+        # One index: the natural key, led by (symbol, exchange_timestamp) so it serves those queries too.
+        idx = [(r[1], r[2]) for r in c.execute(f"PRAGMA index_list({TABLE})")]
+        assert len(idx) == 1 and idx[0][1] == 1
+        info = c.execute(f"PRAGMA index_xinfo({idx[0][0]})").fetchall()
+        key_cols = [r[2] for r in info if r[5]]  # key columns; an expression's name is None
+        assert key_cols[:2] == ["symbol", "exchange_timestamp"]
+        assert set(key_cols) - {None} == set(NATURAL_KEY) - {"cross_sequence"}
+        assert "COALESCE(cross_sequence" in c.execute(
+            "SELECT sql FROM sqlite_master WHERE name = ?", (idx[0][0],)).fetchone()[0]
+        plan = c.execute(f"EXPLAIN QUERY PLAN SELECT * FROM {TABLE} WHERE symbol = 'X' AND exchange_timestamp"
+                         " BETWEEN 1 AND 2").fetchall()
+        assert idx[0][0] in str(plan)
         assert c.execute("SELECT name FROM sqlite_master WHERE name='l2_gaps'").fetchone()
 
 
@@ -88,6 +98,22 @@ def test_existing_seed_database_is_migrated_without_losing_rows(tmp_path: Path):
     store.close()
 
 
+def test_a_table_with_the_earlier_index_layout_keeps_it_and_its_key(tmp_path: Path):
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as c:
+        c.execute(table_ddl(TABLE))
+        c.execute(f"CREATE UNIQUE INDEX ux_{TABLE}_natural_key ON {TABLE} (exchange, category, symbol, depth,"
+                  " COALESCE(cross_sequence, -1), sequence, exchange_timestamp)")
+        c.execute(f"CREATE INDEX ix_{TABLE}_symbol_exchange_ts ON {TABLE} (symbol, exchange_timestamp)")
+    store = Store(str(db), TABLE)
+    assert store.write([make_row(10, 100, 1000)]) == 1
+    assert store.write([make_row(10, 100, 1000)]) == 0
+    store.close()
+    with sqlite3.connect(db) as c:
+        assert {r[1] for r in c.execute(f"PRAGMA index_list({TABLE})")} == {
+            f"ux_{TABLE}_natural_key", f"ix_{TABLE}_symbol_exchange_ts"}
+
+
 def test_gaps_are_recorded_and_closed(tmp_path: Path):
     store = Store(str(tmp_path / "t.db"), TABLE)
     opened = GapRecord("linear", "orderbook.50.BTCUSDT", "BTCUSDT", 50, 10, 15, "u_jump", 1_700_000_000_123_000_000,
@@ -100,3 +126,31 @@ def test_gaps_are_recorded_and_closed(tmp_path: Path):
         rows = c.execute("SELECT topic, last_u, got_u, reason, detected_at, recovered_at FROM l2_gaps").fetchall()
     assert rows == [("orderbook.50.BTCUSDT", 10, 15, "u_jump", "2023-11-14T22:13:20.123Z",
                      "2023-11-14T22:13:21.456Z")]
+
+
+def test_the_wal_is_copied_beside_the_commits_and_restarted_so_it_stays_small(tmp_path: Path):
+    from tests.conftest import wait_for
+
+    db = tmp_path / "t.db"
+    store = Store(str(db), TABLE, wal_restart_pages=32)  # restart the WAL about every 128 KiB
+    ckpt = store.checkpointer
+    assert ckpt is not None
+    written = 0
+    wal_max = 0
+
+    def write_more() -> bool:
+        nonlocal written, wal_max
+        rows = [make_row(written + i, written + i, 1_000 + written + i, symbol=f"S{i % 50}") for i in range(200)]
+        assert store.write(rows) == 200
+        written += 200
+        wal_max = max(wal_max, (tmp_path / "t.db-wal").stat().st_size)
+        return ckpt.restarts >= 5 and ckpt.turns >= 5 and db.stat().st_size > 4 * 2**20
+
+    wait_for(write_more, 60, "five WAL restarts and a 4 MiB database")
+    assert ckpt.last_error is None
+    store.close()
+    with sqlite3.connect(db) as c:
+        assert c.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == written
+    # Without restarts the WAL would hold every page ever written (more than the database); here it
+    # stays within a few restart sizes.
+    assert wal_max < 16 * 32 * 4096, wal_max
