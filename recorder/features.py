@@ -22,6 +22,8 @@ from messages.book import BookUpdate
 from recorder.orderbook import OrderBook
 from recorder.schema import N_LEVELS
 
+_MS_SUFFIX = tuple(f".{ms:03d}Z" for ms in range(1000))
+
 
 class IsoMillis:
     """``ts_ms`` -> ``2024-12-01T00:00:00.691Z``; caches the per-second prefix (rows come in time order)."""
@@ -37,7 +39,7 @@ class IsoMillis:
         if sec != self._sec:
             self._sec = sec
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{ms:03d}Z"
+        return self._prefix + _MS_SUFFIX[ms]
 
 
 def _side(px: list[float], levels: dict[float, float], best_first: bool, n: int) -> tuple[object, ...]:

@@ -50,13 +50,12 @@ class OrderBook:
         n = self.top_n
         if bids and not self.bid_top_dirty:
             # A change strictly below the n-th best bid cannot alter the best n (insert, update or delete).
+            # max()/min() of the (price, size) tuples: the highest/lowest price changed, compared in C.
             px = self.bid_px
-            floor = px[-n] if len(px) >= n else -INF
-            self.bid_top_dirty = any(p >= floor for p, _ in bids)
+            self.bid_top_dirty = len(px) < n or max(bids)[0] >= px[-n]
         if asks and not self.ask_top_dirty:
             px = self.ask_px
-            ceiling = px[n - 1] if len(px) >= n else INF
-            self.ask_top_dirty = any(p <= ceiling for p, _ in asks)
+            self.ask_top_dirty = len(px) < n or min(asks)[0] <= px[n - 1]
         return _apply_side(self.bids, self.bid_px, bids) + _apply_side(self.asks, self.ask_px, asks)
 
     def clear(self) -> None:
