@@ -12,8 +12,6 @@ from collections.abc import Iterable, Sequence
 
 from messages.book import Level
 
-INF = float("inf")
-
 
 class OrderBook:
     """Sizes are absolute: a level's size replaces the old one, size 0 deletes the level.
