@@ -137,7 +137,8 @@ class Checkpointer:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10.0)
-        self._conn.close()
+        if not self._thread.is_alive():  # never close a connection under a running checkpoint
+            self._conn.close()
 
 
 TRANSIENT_ERRORS = ("database is locked", "database table is locked", "database or disk is full", "disk i/o error",
