@@ -61,6 +61,14 @@ class _Bad(Exception):
         self.reason = reason
 
 
+# Validated number strings -> their floats. Prices near the touch repeat in almost every delta, and sizes
+# often do: a hit skips the checks and float() (2.5 -> 1.5 us a frame on the bench stream). Emptied when
+# full, so memory stays bounded (~3 MiB each) and the cache follows the market.
+_PRICES: dict[str, float] = {}
+_SIZES: dict[str, float] = {}
+_CACHE_MAX = 20_000
+
+
 def parse_levels(raw: object) -> tuple[Level, ...]:
     """``[["price","size"], ...]`` -> ``((price, size), ...)`` floats; raises ``_Bad`` on any bad level.
 
@@ -71,17 +79,33 @@ def parse_levels(raw: object) -> tuple[Level, ...]:
         raise _Bad(R_BAD_LEVEL)
     out: list[Level] = []
     append = out.append
+    prices = _PRICES
+    sizes = _SIZES
     try:
         for lvl in raw:  # type: ignore[attr-defined]
             p = lvl[0]
             s = lvl[1]
-            if p.isascii() and s.isascii() and p.replace(".", "", 1).isdigit() and s.replace(".", "", 1).isdigit():
+            fp = prices.get(p)
+            if fp is None:
+                if not (p.isascii() and p.replace(".", "", 1).isdigit()):
+                    raise _Bad(R_BAD_LEVEL)
                 fp = float(p)
+                if not 0.0 < fp < INF:
+                    raise _Bad(R_BAD_LEVEL)
+                if len(prices) >= _CACHE_MAX:
+                    prices.clear()
+                prices[p] = fp
+            fs = sizes.get(s)
+            if fs is None:
+                if not (s.isascii() and s.replace(".", "", 1).isdigit()):
+                    raise _Bad(R_BAD_LEVEL)
                 fs = float(s)
-                if 0.0 < fp < INF and fs < INF:
-                    append((fp, fs))
-                    continue
-            raise _Bad(R_BAD_LEVEL)
+                if not fs < INF:
+                    raise _Bad(R_BAD_LEVEL)
+                if len(sizes) >= _CACHE_MAX:
+                    sizes.clear()
+                sizes[s] = fs
+            append((fp, fs))
     except (TypeError, AttributeError, IndexError, KeyError):  # not a list of [str, str]
         raise _Bad(R_BAD_LEVEL) from None
     return tuple(out)

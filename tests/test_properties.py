@@ -465,3 +465,17 @@ def test_a_bad_level_in_a_synced_topic_is_a_gap_until_the_next_snapshot(bad: obj
     stats = bk.snapshot_stats()[topic]
     assert (stats["rejected"], stats["in_gap"], stats["synced"]) == (1, 9 - at, True)
     assert accounting_holds(stats)
+
+
+def test_number_cache_stays_bounded_and_never_lets_a_bad_spelling_through() -> None:
+    from recorder import protocol
+
+    for i in range(protocol._CACHE_MAX + 500):
+        kind, upd = classify(frame(50, "delta", i + 2, 1_700_000_000_000 + i, [[f"{i + 1}.5", f"{i}.25"]], []),
+                             None)
+        assert kind == BOOK and upd.bids == ((i + 1.5, i + 0.25),)  # type: ignore[union-attr]
+        assert len(protocol._PRICES) <= protocol._CACHE_MAX and len(protocol._SIZES) <= protocol._CACHE_MAX
+    # "1.5" is cached now; spellings of the same number that float() takes are still refused.
+    for bad in ("1.5e0", " 1.5", "+1.5", "1_0.5", "nan", "inf", "0", "0.0"):
+        kind, rej = classify(frame(50, "delta", 9, 1_700_000_000_000, [[bad, "1"]], []), None)
+        assert kind == REJECT and rej.reason == R_BAD_LEVEL, bad  # type: ignore[union-attr]
