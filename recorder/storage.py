@@ -108,7 +108,7 @@ class Checkpointer:
                 # fetchall: the statement must finish, or this connection keeps a read lock on the WAL
                 busy, log_pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
             except sqlite3.Error as exc:
-                self.last_error = str(exc)
+                self._error(exc)
                 continue
             if busy or log_pages < 0:
                 continue
@@ -127,8 +127,15 @@ class Checkpointer:
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             self.turns += 1
+        except sqlite3.Error as exc:  # the commit before it stands; the next turn tries again
+            self._error(exc)
         finally:
             self.restart_due.clear()
+
+    def _error(self, exc: sqlite3.Error) -> None:
+        if str(exc) != self.last_error:  # once per distinct error, not once per attempt
+            log.warning("WAL checkpoint failed; retrying", extra={"fields": {"error": str(exc)}})
+        self.last_error = str(exc)
 
     def status(self) -> dict[str, object]:
         return {"checkpoints": self.checkpoints, "writer_turns": self.turns, "wal_restarts": self.restarts,
