@@ -154,3 +154,45 @@ def test_the_wal_is_copied_beside_the_commits_and_restarted_so_it_stays_small(tm
     # Without restarts the WAL would hold every page ever written (more than the database); here it
     # stays within a few restart sizes.
     assert wal_max < 16 * 32 * 4096, wal_max
+
+
+def test_a_long_reader_only_delays_the_wal_restart(tmp_path: Path):
+    from tests.conftest import wait_for
+
+    db = tmp_path / "t.db"
+    store = Store(str(db), TABLE, wal_restart_pages=32)
+    ckpt = store.checkpointer
+    assert ckpt is not None
+    written = 0
+
+    def write(n: int = 200) -> None:
+        nonlocal written
+        rows = [make_row(written + i, written + i, 1_000 + written + i, symbol=f"S{i % 50}") for i in range(n)]
+        assert store.write(rows) == n
+        written += n
+
+    write()
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    seen = reader.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]  # holds its snapshot
+    restarts = ckpt.restarts
+
+    def wal_grew() -> bool:
+        write()
+        return (tmp_path / "t.db-wal").stat().st_size > 8 * 32 * 4096
+
+    wait_for(wal_grew, 60, "the WAL to grow past 8 restart sizes while the reader holds its snapshot")
+    assert ckpt.restarts == restarts  # nothing could restart under the reader
+    assert reader.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == seen
+    reader.execute("COMMIT")
+    reader.close()
+
+    def restarted() -> bool:
+        write()
+        return ckpt.restarts > restarts
+
+    wait_for(restarted, 60, "a WAL restart once the reader is gone")
+    assert ckpt.last_error is None
+    store.close()
+    with sqlite3.connect(db) as c:
+        assert c.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == written
