@@ -130,7 +130,10 @@ def test_health_dump_on_sigusr1_while_recording(server: FakeBybit, tmp_path: Pat
     for topic in ("orderbook.50.BTCUSDT", "orderbook.50.ETHUSDT"):
         t = dump["topics"][topic]
         assert t["synced"] is True and t["rows"] > 0 and t["last_u"] > 0 and t["age_s"] < 10
-    assert dump["actors"]["writer:writer"]["rows_committed"] > 0
+    writer = dump["actors"]["writer:writer"]
+    assert writer["rows_committed"] > 0
+    assert 0 < writer["recv_to_commit_ms"]["p50"] <= writer["recv_to_commit_ms"]["p99"] < 5_000
+    assert writer["wal"]["checkpoints"] > 0 and writer["wal"]["last_error"] is None
     assert dump["actors"]["shard:0:connection"]["connected"] is True
     assert dump["supervisor"]["shard-0"]["breaker"] == "closed"
     assert any("health dump written" in str(r["event"]) for r in rec.logs())
