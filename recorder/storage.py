@@ -89,6 +89,7 @@ class Checkpointer:
         self.restarts = 0
         self.turns = 0
         self.last_error: str | None = None
+        self._failing: str | None = None  # the error of the current run of failures, logged once
         self._stop = threading.Event()
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0)
         self._thread = threading.Thread(target=self._run, name="wal-checkpointer", daemon=True)
@@ -112,6 +113,7 @@ class Checkpointer:
                 continue
             if busy or log_pages < 0:
                 continue
+            self._failing = None
             self.checkpoints += 1
             if log_pages < last_log_pages:
                 self.restarts += 1
@@ -133,9 +135,9 @@ class Checkpointer:
             self.restart_due.clear()
 
     def _error(self, exc: sqlite3.Error) -> None:
-        if str(exc) != self.last_error:  # once per distinct error, not once per attempt
+        if str(exc) != self._failing:  # once per run of the same error, not once per attempt
             log.warning("WAL checkpoint failed; retrying", extra={"fields": {"error": str(exc)}})
-        self.last_error = str(exc)
+        self._failing = self.last_error = str(exc)
 
     def status(self) -> dict[str, object]:
         return {"checkpoints": self.checkpoints, "writer_turns": self.turns, "wal_restarts": self.restarts,
