@@ -170,7 +170,7 @@ class WriterActor(pykka.ThreadingActor):
                 "recv_to_commit_ms": {**pct, "max": round(lat[-1], 3) if lat else None, "samples": len(lat)},
                 "failed_attempts": self.failures, "last_error": self.last_error,
                 "db_path": s.path, "table": s.table,
-                "wal": s.checkpointer.status() if s.checkpointer is not None else None}
+                "wal": s.checkpointer.status()}
 
     def on_stop(self) -> None:
         if self.backlog:

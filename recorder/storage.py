@@ -201,12 +201,12 @@ class Store:
     """The writer's handle on the database; counts what it committed."""
 
     def __init__(self, path: str, table: str, *, busy_timeout_s: float = 1.0, max_pages: int = 0,
-                 background_checkpoint: bool = True, wal_restart_pages: int = WAL_RESTART_PAGES) -> None:
+                 wal_restart_pages: int = WAL_RESTART_PAGES) -> None:
         self.path = path
         self.table = table
         self.conn = connect(path, busy_timeout_s=busy_timeout_s, max_pages=max_pages)
         self.migration = ensure_schema(self.conn, table)
-        self.checkpointer = Checkpointer(path, restart_pages=wal_restart_pages) if background_checkpoint else None
+        self.checkpointer = Checkpointer(path, restart_pages=wal_restart_pages)
         self._insert = insert_sql(table)
         self._iso = IsoMillis()
         self.rows_offered = 0
@@ -234,9 +234,8 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        ckpt = self.checkpointer
-        if ckpt is not None and ckpt.restart_due.is_set():
-            ckpt.take_turn(conn)
+        if self.checkpointer.restart_due.is_set():
+            self.checkpointer.take_turn(conn)
         self.rows_offered += len(rows)
         self.rows_inserted += inserted
         self.batches += 1
@@ -276,6 +275,5 @@ class Store:
         )
 
     def close(self) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.close()
+        self.checkpointer.close()
         self.conn.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 from messages.writer import GapRecord
 from recorder.schema import ADDED_COLUMNS, NATURAL_KEY, ROW_COLUMNS, SEED_COLUMNS, table_ddl
 from recorder.storage import Store
+from tests.conftest import wait_for
 
 TABLE = "l2_training_data_practical"
 
@@ -128,20 +129,21 @@ def test_gaps_are_recorded_and_closed(tmp_path: Path):
                      "2023-11-14T22:13:21.456Z")]
 
 
-def test_the_wal_is_copied_beside_the_commits_and_restarted_so_it_stays_small(tmp_path: Path):
-    from tests.conftest import wait_for
+def spread_rows(start: int, n: int = 200) -> list[tuple[object, ...]]:
+    """n rows from u = start on, over 50 symbols: each commit touches many index pages."""
+    return [make_row(start + i, start + i, 1_000 + start + i, symbol=f"S{i % 50}") for i in range(n)]
 
+
+def test_the_wal_is_copied_beside_the_commits_and_restarted_so_it_stays_small(tmp_path: Path):
     db = tmp_path / "t.db"
     store = Store(str(db), TABLE, wal_restart_pages=32)  # restart the WAL about every 128 KiB
     ckpt = store.checkpointer
-    assert ckpt is not None
     written = 0
     wal_max = 0
 
     def write_more() -> bool:
         nonlocal written, wal_max
-        rows = [make_row(written + i, written + i, 1_000 + written + i, symbol=f"S{i % 50}") for i in range(200)]
-        assert store.write(rows) == 200
+        assert store.write(spread_rows(written)) == 200
         written += 200
         wal_max = max(wal_max, (tmp_path / "t.db-wal").stat().st_size)
         return ckpt.restarts >= 5 and ckpt.turns >= 5 and db.stat().st_size > 4 * 2**20
@@ -157,19 +159,15 @@ def test_the_wal_is_copied_beside_the_commits_and_restarted_so_it_stays_small(tm
 
 
 def test_a_long_reader_only_delays_the_wal_restart(tmp_path: Path):
-    from tests.conftest import wait_for
-
     db = tmp_path / "t.db"
     store = Store(str(db), TABLE, wal_restart_pages=32)
     ckpt = store.checkpointer
-    assert ckpt is not None
     written = 0
 
-    def write(n: int = 200) -> None:
+    def write() -> None:
         nonlocal written
-        rows = [make_row(written + i, written + i, 1_000 + written + i, symbol=f"S{i % 50}") for i in range(n)]
-        assert store.write(rows) == n
-        written += n
+        assert store.write(spread_rows(written)) == 200
+        written += 200
 
     write()
     reader = sqlite3.connect(db, isolation_level=None)
