@@ -1,1 +1,2 @@
-"""Thin pykka actors: each receives a message, calls plain functions from ``recorder``, tells the next."""
+"""Thin pykka actors, one a module: each receives a message, calls plain functions from ``l2rec``'s
+rooms (venue, book, storage), and tells the next. ``base`` holds what they all share."""

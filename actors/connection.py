@@ -19,30 +19,29 @@ from typing import Any
 import pykka
 import websocket
 
-from actors.reporting import Reporter
-from actors.timers import tell_later, tell_quietly
-from messages.control import Begin, ReaderExited, Reconnect, Resubscribe, ServerReply, Tick
-from messages.frames import RawFrames, SessionEnded, SessionStarted
-from recorder.backoff import Backoff
-from recorder.config import RecorderConfig
-from recorder.faults import Faults
-from recorder.protocol import ping_request, subscribe_requests
-from recorder.ws_frames import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameParser, FrameTooLarge
+from l2rec.actors.base import RecorderActor, Reporter, handles, tell_later, tell_quietly
+from l2rec.messages.control import Begin, ReaderExited, Reconnect, Resubscribe, ServerReply, Tick
+from l2rec.messages.frames import RawFrames, SessionEnded, SessionStarted
+from l2rec.runtime.config import RecorderConfig
+from l2rec.runtime.faults import Faults
+from l2rec.supervision.backoff import Backoff
+from l2rec.venue.protocol import ReplyKind, ping_request, subscribe_requests
+from l2rec.venue.ws_frames import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameParser, FrameTooLarge
 
 log = logging.getLogger("actors.connection")
 
 _RECV_BYTES = 256 * 1024
 
 
-class ConnectionActor(pykka.ThreadingActor):
-    """Owns the websocket of one shard. Messages: Begin, Tick, Resubscribe, Reconnect, ServerReply."""
+class ConnectionActor(RecorderActor):
+    """Owns the websocket of one shard. Messages: Begin, Tick, Resubscribe, Reconnect, ServerReply,
+    ReaderExited."""
+
+    name = "connection"
 
     def __init__(self, cfg: RecorderConfig, shard_id: int, topics: tuple[str, ...],
                  on_fatal: Callable[..., None], reporter: Reporter, faults: Faults) -> None:
-        super().__init__()
-        self.reporter = reporter
-        self.fault = faults.for_actor("connection")
-        self.msgs_in = 0
+        super().__init__(reporter, faults)
         self.cfg = cfg
         self.shard_id = shard_id
         self.topics = topics
@@ -63,27 +62,18 @@ class ConnectionActor(pykka.ThreadingActor):
 
     # -- pykka hooks ---------------------------------------------------------------------------------
 
-    def on_start(self) -> None:
-        if self.fault is not None:
-            self.fault.on_start()
+    @handles(Begin)
+    def _on_begin(self, message: Begin) -> None:
+        self.parser = message.parser
+        self._connect(1)
 
-    def on_receive(self, message: Any) -> Any:
-        self.msgs_in += 1
-        if isinstance(message, ReaderExited):
-            self._on_reader_exit(message)
-        elif isinstance(message, Tick):
-            self._on_tick(message.now_ns)
-            self.reporter.maybe(message.now_ns, self.status())
-        elif isinstance(message, Resubscribe):
-            self._resubscribe(message.topic)
-        elif isinstance(message, Reconnect):
-            self._connect(message.attempt)
-        elif isinstance(message, ServerReply):
-            self._on_reply(message)
-        elif isinstance(message, Begin):
-            self.parser = message.parser  # type: ignore[assignment]
-            self._connect(1)
-        return None
+    @handles(Reconnect)
+    def _on_reconnect(self, message: Reconnect) -> None:
+        self._connect(message.attempt)
+
+    @handles(Resubscribe)
+    def _on_resubscribe(self, message: Resubscribe) -> None:
+        self._resubscribe(message.topic)
 
     def on_stop(self) -> None:
         self.stopping = True
@@ -160,6 +150,7 @@ class ConnectionActor(pykka.ThreadingActor):
             "shard": self.shard_id, "attempt": self.failures, "delay_s": round(delay, 3), "reason": reason}})
         self.timer = tell_later(self.actor_ref, delay, Reconnect(attempt + 1))
 
+    @handles(ReaderExited)
     def _on_reader_exit(self, msg: ReaderExited) -> None:
         if msg.session_id != self.session_id:
             return
@@ -180,7 +171,12 @@ class ConnectionActor(pykka.ThreadingActor):
             return
         self._schedule_reconnect(1, msg.reason)
 
-    def _on_tick(self, now_ns: int) -> None:
+    @handles(Tick)
+    def _on_tick(self, tick: Tick) -> None:
+        self._ping(tick.now_ns)
+        self.report(tick.now_ns)
+
+    def _ping(self, now_ns: int) -> None:
         ws = self.ws
         if ws is None or now_ns < self.next_ping_ns:
             return
@@ -192,14 +188,13 @@ class ConnectionActor(pykka.ThreadingActor):
             ws.shutdown()  # the reader reports the session's end
             self.last_error = f"ping: {exc!r}"
 
+    @handles(ServerReply, fault_point=True)
     def _on_reply(self, reply: ServerReply) -> None:
-        if self.fault is not None:
-            self.fault.on_message()
-        if reply.kind == "pong":
+        if reply.kind is ReplyKind.PONG:
             self.stats["pongs"] += 1
             # A session that answers pings is healthy: the next failure starts the backoff afresh.
             self.failures = 0
-        elif reply.kind == "ack" and reply.ok:
+        elif reply.kind is ReplyKind.ACK and reply.ok:
             self.failures = 0
         elif not reply.ok:
             self.stats["refusals"] += 1  # the parser logged it, with the topic it names
@@ -237,8 +232,7 @@ class ConnectionActor(pykka.ThreadingActor):
             self.parser.tell(SessionEnded(self.session_id, "shutdown", time.time_ns(), True))
 
     def status(self) -> dict[str, object]:
-        return {**self.stats, "state": "stopping" if self.stopping else "running",
-                "messages_in": self.msgs_in, "mailbox": self.actor_inbox.qsize(),
+        return {**self.stats, **self.base_status("stopping" if self.stopping else "running"),
                 "session": self.session_id, "connected": self.ws is not None,
                 "consecutive_failures": self.failures, "last_error": self.last_error,
                 "url": self.cfg.url, "topics": len(self.topics)}

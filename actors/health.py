@@ -5,36 +5,22 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import orjson
 import psutil
-import pykka
 
-from messages.health import DumpHealth, Status
+from l2rec.actors.base import RecorderActor, handles
+from l2rec.messages.health import ChildInfo, DumpHealth, Status, SupervisorState
+from l2rec.supervision.states import Role
 
 log = logging.getLogger("actors.health")
 
 
-@dataclass(frozen=True, slots=True)
-class ChildInfo:
-    """Root -> HealthActor: a child process (re)started."""
+class HealthActor(RecorderActor):
+    """Runs in the root: keeps the latest status of every actor and writes the dump on request."""
 
-    name: str
-    role: str
-    pid: int
-    started_ns: int
+    name = "health"
 
-
-@dataclass(frozen=True, slots=True)
-class SupervisorState:
-    """Root -> HealthActor: what the supervisor knows of each child (restarts, breaker, last error)."""
-
-    children: dict[str, dict[str, object]]
-
-
-class HealthActor(pykka.ThreadingActor):
     def __init__(self, started_ns: int) -> None:
         super().__init__()
         self.started_ns = started_ns
@@ -43,18 +29,23 @@ class HealthActor(pykka.ThreadingActor):
         self.supervisor: SupervisorState | None = None
         self.procs: dict[int, psutil.Process] = {}
 
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Status):
-            key = f"{message.role}:{message.shard_id}:{message.actor}" if message.shard_id is not None \
-                else f"{message.role}:{message.actor}"
-            self.latest[key] = message
-        elif isinstance(message, ChildInfo):
-            self.children[message.name] = message
-        elif isinstance(message, SupervisorState):
-            self.supervisor = message
-        elif isinstance(message, DumpHealth):
-            return self._dump(message)
-        return None
+    @handles(Status)
+    def _on_status(self, message: Status) -> None:
+        key = f"{message.role}:{message.shard_id}:{message.actor}" if message.shard_id is not None \
+            else f"{message.role}:{message.actor}"
+        self.latest[key] = message
+
+    @handles(ChildInfo)
+    def _on_child(self, message: ChildInfo) -> None:
+        self.children[message.name] = message
+
+    @handles(SupervisorState)
+    def _on_supervisor_state(self, message: SupervisorState) -> None:
+        self.supervisor = message
+
+    @handles(DumpHealth)
+    def _on_dump(self, message: DumpHealth) -> str:
+        return self._dump(message)
 
     def _proc(self, pid: int) -> dict[str, object]:
         try:
@@ -72,7 +63,7 @@ class HealthActor(pykka.ThreadingActor):
 
     def build(self) -> dict[str, object]:
         now = time.time_ns()
-        processes: dict[str, object] = {"root": {"role": "root", **self._proc(os.getpid())}}
+        processes: dict[str, object] = {"root": {"role": Role.ROOT, **self._proc(os.getpid())}}
         for name, ch in self.children.items():
             processes[name] = {"role": ch.role, **self._proc(ch.pid)}
         actors: dict[str, object] = {}
@@ -93,7 +84,7 @@ class HealthActor(pykka.ThreadingActor):
                     "batches": link.get("depth_batches")}
             # An actor restarts with its process (the shard is the unit of failure): show that child's
             # supervision state next to the actor's own counters.
-            child = "writer" if st.role == "writer" else f"shard-{st.shard_id}"
+            child = "writer" if st.role is Role.WRITER else f"shard-{st.shard_id}"
             sup_child = self.supervisor.children.get(child, {}) if self.supervisor else {}
             actors[key] = {"pid": st.pid, "report_age_s": round((now - st.sent_ns) / 1e9, 3),
                            "restarts": sup_child.get("restarts"), "breaker": sup_child.get("breaker"),

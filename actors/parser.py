@@ -8,24 +8,26 @@ from typing import Any
 
 import pykka
 
-from actors.reporting import Reporter
-from messages.book import BookUpdate, ParsedBatch, RejectedFrame
-from messages.control import ServerReply, Tick
-from messages.frames import EndOfStream, RawFrames, SessionEnded, SessionStarted
-from recorder.faults import Faults
-from recorder.logs import RateLimited
-from recorder.protocol import BOOK, OTHER_TOPIC, REJECT, REPLY, Reply, classify
+from l2rec.actors.base import RecorderActor, Reporter, handles
+from l2rec.messages.book import BookUpdate, ParsedBatch, RejectedFrame
+from l2rec.messages.control import ServerReply, Tick
+from l2rec.messages.frames import EndOfStream, RawFrames, SessionEnded, SessionStarted
+from l2rec.runtime.faults import Faults
+from l2rec.runtime.logs import RateLimited
+from l2rec.venue.protocol import BOOK, OTHER_TOPIC, REJECT, REPLY, Reply, classify
 
 log = logging.getLogger("actors.parser")
 
 
-class ParserActor(pykka.ThreadingActor):
+class ParserActor(RecorderActor):
     """Never raises on input: every frame ends in a counter (book, reply, other_topic, reject:<reason>,
     filtered)."""
 
+    name = "parser"
+
     def __init__(
         self,
-        features: pykka.ActorRef[Any],
+        books: pykka.ActorRef[Any],
         connection: pykka.ActorRef[Any] | None,
         *,
         topics: frozenset[str] | None,
@@ -35,45 +37,36 @@ class ParserActor(pykka.ThreadingActor):
         faults: Faults,
         coalesce: bool = False,
     ) -> None:
-        super().__init__()
-        # Live: frames arrive one per message; when they come faster than parsed, hand the features
+        super().__init__(reporter, faults)
+        # Live: frames arrive one per message; when they come faster than parsed, hand the book
         # actor one batch for everything parsed while the inbox was non-empty (one hop per burst, not
         # per frame), and a frame at a time when traffic is sparse (latency stays low). Replay sends
         # batches already, each carrying one flow-control credit: never coalesce there.
         self.coalesce = coalesce
         self.pending: list[BookUpdate | RejectedFrame] = []
         self.pending_session = 0
-        self.fault = faults.for_actor("parser")
-        self.msgs_in = 0
         self.batches_out = 0
-        self.features = features
+        self.books = books
         self.connection = connection
         # Live: only subscribed topics are ours. Replay: topics come from the file, optionally filtered.
         self.topics = topics
         self.symbols = symbols
         self.depth = depth
-        self.reporter = reporter
         self.counts: dict[str, int] = {"frames": 0, "book": 0, "reply": 0, "other_topic": 0, "filtered": 0}
         self.rate = RateLimited(10.0)
 
-    def on_start(self) -> None:
-        if self.fault is not None:
-            self.fault.on_start()
+    @handles(Tick)
+    def _on_tick(self, tick: Tick) -> None:
+        self._flush()
+        self.report(tick.now_ns)
 
-    def on_receive(self, message: Any) -> Any:
-        self.msgs_in += 1
-        if isinstance(message, RawFrames):
-            if self.fault is not None:
-                self.fault.on_message()
-            self._parse(message)
-        elif isinstance(message, Tick):
-            self._flush()
-            self.reporter.maybe(message.now_ns, self.status())
-        elif isinstance(message, SessionStarted | SessionEnded | EndOfStream):
-            self._flush()
-            self.features.tell(message)
-        return None
+    @handles(SessionStarted, SessionEnded, EndOfStream)
+    def _forward(self, message: SessionStarted | SessionEnded | EndOfStream) -> None:
+        # In order with the frames: the book actor must see a session's start before its snapshots.
+        self._flush()
+        self.books.tell(message)
 
+    @handles(RawFrames, fault_point=True)
     def _parse(self, msg: RawFrames) -> None:
         items: list[BookUpdate | RejectedFrame] = []
         counts = self.counts
@@ -108,7 +101,7 @@ class ParserActor(pykka.ThreadingActor):
         counts["book"] += sum(1 for i in items if i.__class__ is BookUpdate)
         if not self.coalesce:
             # Always tell, even an empty batch: in replay each batch carries one flow-control credit.
-            self.features.tell(ParsedBatch(msg.session_id, tuple(items)))
+            self.books.tell(ParsedBatch(msg.session_id, tuple(items)))
             self.batches_out += 1
             return
         self.pending += items
@@ -118,7 +111,7 @@ class ParserActor(pykka.ThreadingActor):
 
     def _flush(self) -> None:
         if self.pending:
-            self.features.tell(ParsedBatch(self.pending_session, tuple(self.pending)))
+            self.books.tell(ParsedBatch(self.pending_session, tuple(self.pending)))
             self.pending = []
             self.batches_out += 1
 
@@ -137,9 +130,9 @@ class ParserActor(pykka.ThreadingActor):
         # frames = book + reply + other_topic + filtered + every reject reason, always
         accounted = c["book"] + c["reply"] + c["other_topic"] + c["filtered"] + sum(
             v for k, v in c.items() if k.startswith("reject:"))
-        return {"state": "running", "messages_in": self.msgs_in, "mailbox": self.actor_inbox.qsize(),
-                "batches_out": self.batches_out, **c, "unaccounted": c["frames"] - accounted}
+        return {**self.base_status("running"), "batches_out": self.batches_out, **c,
+                "unaccounted": c["frames"] - accounted}
 
     def on_stop(self) -> None:
         self._flush()
-        self.reporter.maybe(time.time_ns(), self.status(), force=True)
+        self.report(time.time_ns(), force=True)

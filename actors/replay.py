@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pykka
 
-from messages.control import Begin
-from messages.frames import EndOfStream, RawFrames
-from recorder.replay_source import read_batches
+from l2rec.actors.base import RecorderActor, handles
+from l2rec.messages.control import Begin
+from l2rec.messages.frames import EndOfStream, RawFrames
+from l2rec.venue.dumps import read_batches
 
 log = logging.getLogger("actors.replay")
 
 
-class ReplayActor(pykka.ThreadingActor):
-    def __init__(self, path: str, credits: threading.Semaphore, on_fatal: Any,
+class ReplayActor(RecorderActor):
+    """The shard's source in replay: Begin starts the reader thread; stopping stops it."""
+
+    name = "replay"
+
+    def __init__(self, path: str, credits: threading.Semaphore, on_fatal: Callable[[str], None],
                  partition: tuple[int, int] = (0, 1), batch_lines: int = 1000) -> None:
         super().__init__()
         self.path = path
@@ -32,12 +38,11 @@ class ReplayActor(pykka.ThreadingActor):
         self.thread: threading.Thread | None = None
         self.frames_read = 0
 
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Begin):
-            self.thread = threading.Thread(target=self._read, args=(message.parser,), name="replay-reader",
-                                           daemon=True)
-            self.thread.start()
-        return None
+    @handles(Begin)
+    def _on_begin(self, message: Begin) -> None:
+        self.thread = threading.Thread(target=self._read, args=(message.parser,), name="replay-reader",
+                                       daemon=True)
+        self.thread.start()
 
     def _read(self, parser: pykka.ActorRef[Any]) -> None:
         try:

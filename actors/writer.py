@@ -13,23 +13,17 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from itertools import chain
-from multiprocessing.connection import Connection
-from typing import Any
 
-import pykka
-
-from actors.reporting import Reporter
-from actors.timers import tell_later
-from messages.control import Tick
-from messages.writer import RowBatch
-from recorder.backoff import Backoff
-from recorder.config import RecorderConfig
-from recorder.faults import Faults
-from recorder.logs import RateLimited
-from recorder.schema import COL
-from recorder.storage import Store, is_transient
+from l2rec.actors.base import RecorderActor, Reporter, handles, tell_later
+from l2rec.messages.control import Tick
+from l2rec.messages.writer import RetryWrites, WriteBatch, WriteGroup
+from l2rec.runtime.config import RecorderConfig
+from l2rec.runtime.faults import Faults
+from l2rec.runtime.logs import RateLimited
+from l2rec.storage.schema import COL
+from l2rec.storage.sqlite import Store, is_transient
+from l2rec.supervision.backoff import Backoff
 
 log = logging.getLogger("actors.writer")
 
@@ -37,43 +31,20 @@ _RECV = COL["recv_time_ns"]
 MAX_GROUP_ROWS = 20_000
 
 
-@dataclass(frozen=True, slots=True)
-class WriteBatch:
-    """Writer pump -> WriterActor: a batch and the shard link to acknowledge it on."""
-
-    batch: RowBatch
-    reply: Connection
-
-
-@dataclass(frozen=True, slots=True)
-class WriteGroup:
-    """Writer pump -> WriterActor: every batch that was waiting, to be committed together."""
-
-    batches: tuple[WriteBatch, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RetryWrites:
-    """WriterActor -> itself, after the backoff delay."""
-
-    attempt: int
-
-
-class WriterActor(pykka.ThreadingActor):
+class WriterActor(RecorderActor):
     """Opens (and migrates) the database in ``__init__``, which runs in the starting thread, so a bad
     path or schema fails ``start()`` loudly instead of killing the actor silently in ``on_start``."""
 
+    name = "writer"
+
     def __init__(self, cfg: RecorderConfig, inflight: threading.Semaphore, reporter: Reporter,
                  faults: Faults) -> None:
-        super().__init__()
+        super().__init__(reporter, faults)
         self.store = Store(cfg.db_path, cfg.table_name, busy_timeout_s=cfg.db_busy_timeout_s,
                            max_pages=cfg.db_max_pages)
         self.inflight = inflight
-        self.reporter = reporter
-        self.fault = faults.for_actor("writer")
         self.gaps_written = 0
         self.batches_committed = 0
-        self.msgs_in = 0
         self.backlog: deque[WriteBatch] = deque()
         self.failures = 0
         self.retry_pending = False
@@ -82,24 +53,20 @@ class WriterActor(pykka.ThreadingActor):
         self.rate = RateLimited(10.0)
         self.latency_ms: deque[float] = deque(maxlen=20_000)
 
-    def on_start(self) -> None:
-        if self.fault is not None:
-            self.fault.on_start()
-
-    def on_receive(self, message: Any) -> Any:
-        self.msgs_in += 1
-        if isinstance(message, WriteGroup):
-            if self.fault is not None:
-                self.fault.on_message()
-            self.backlog.extend(message.batches)
-            if not self.retry_pending:
-                self._drain()
-        elif isinstance(message, RetryWrites):
-            self.retry_pending = False
+    @handles(WriteGroup, fault_point=True)
+    def _on_group(self, message: WriteGroup) -> None:
+        self.backlog.extend(message.batches)
+        if not self.retry_pending:
             self._drain()
-        elif isinstance(message, Tick):
-            self.reporter.maybe(message.now_ns, self.status())
-        return None
+
+    @handles(RetryWrites)
+    def _on_retry(self, _message: RetryWrites) -> None:
+        self.retry_pending = False
+        self._drain()
+
+    @handles(Tick)
+    def _on_tick(self, tick: Tick) -> None:
+        self.report(tick.now_ns)
 
     def _drain(self) -> None:
         # Group commit: everything waiting goes into one transaction (up to MAX_GROUP_ROWS rows). Live,
@@ -162,8 +129,7 @@ class WriterActor(pykka.ThreadingActor):
         lat = sorted(self.latency_ms)
         pct = {f"p{int(q * 100)}": round(lat[min(len(lat) - 1, int(q * len(lat)))], 3)
                for q in (0.5, 0.9, 0.99)} if lat else {}
-        return {"state": "retrying" if self.failures else "running", "messages_in": self.msgs_in,
-                "mailbox": self.actor_inbox.qsize(), "backlog_batches": len(self.backlog),
+        return {**self.base_status("retrying" if self.failures else "running"), "backlog_batches": len(self.backlog),
                 "rows_committed": s.rows_inserted, "rows_offered": s.rows_offered,
                 "batches": self.batches_committed, "transactions": s.batches,
                 "gaps_written": self.gaps_written, "last_commit_ms": round(s.last_commit_s * 1000, 3),
@@ -182,7 +148,7 @@ class WriterActor(pykka.ThreadingActor):
                 log.critical("writer stopped with uncommitted batches", extra={"fields": {
                     "batches": len(self.backlog), "rows": sum(len(w.batch.rows) for w in self.backlog),
                     "error": self.last_error}})
-        self.reporter.maybe(time.time_ns(), self.status(), force=True)
+        self.report(time.time_ns(), force=True)
         self.store.close()
         log.info("writer closed", extra={"fields": {"rows_committed": self.store.rows_inserted,
                                                    "batches": self.batches_committed,

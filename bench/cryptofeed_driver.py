@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recorder.features import IsoMillis
+from l2rec.book.rows import IsoMillis
 
 SKIP_PREFIX = "cryptofeed unavailable: "
 

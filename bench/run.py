@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import make_stream  # noqa: E402
-from recorder.schema import ROW_COLUMNS  # noqa: E402
+from l2rec.storage.schema import ROW_COLUMNS  # noqa: E402
 
 TABLE = "l2_training_data_practical"
 POLL_S = 0.05

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from l2rec.venue.protocol import ReplyKind
+
+if TYPE_CHECKING:
+    import pykka
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +37,7 @@ class Reconnect:
 class ServerReply:
     """Parser -> connection: an ack, pong or refusal arrived (rare; carries what the connection needs)."""
 
-    kind: str  # "ack" | "pong" | "error"
+    kind: ReplyKind
     ok: bool
     req_id: str | None
     message: str
@@ -42,7 +48,7 @@ class ServerReply:
 class Begin:
     """Shard -> source actor (connection or replay): where to tell frames (the parser's ActorRef); start."""
 
-    parser: object
+    parser: pykka.ActorRef[Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from l2rec.supervision.states import Role
+
 
 @dataclass(frozen=True, slots=True)
 class Status:
     """A point-in-time report. ``stats`` is built fresh for each report and never changed after."""
 
-    role: str  # "shard" | "writer"
+    role: Role
     actor: str  # "connection" | "parser" | "features" | "replay" | "writer"
     shard_id: int | None
     pid: int
@@ -23,3 +25,20 @@ class DumpHealth:
 
     path: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChildInfo:
+    """Root -> HealthActor: a child process (re)started."""
+
+    name: str
+    role: Role
+    pid: int
+    started_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorState:
+    """Root -> HealthActor: what the supervisor knows of each child (restarts, breaker, last error)."""
+
+    children: dict[str, dict[str, object]]

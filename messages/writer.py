@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +45,25 @@ class RowBatch:
     gaps: tuple[GapRecord, ...]
     batch_no: int  # per shard incarnation; the writer acknowledges it after the commit
     sessions: tuple[SessionRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatch:
+    """Writer's link server -> WriterActor: a batch and the shard link to acknowledge it on."""
+
+    batch: RowBatch
+    reply: Connection
+
+
+@dataclass(frozen=True, slots=True)
+class WriteGroup:
+    """Writer's link server -> WriterActor: every batch that was waiting, to be committed together."""
+
+    batches: tuple[WriteBatch, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryWrites:
+    """WriterActor -> itself, after the backoff delay."""
+
+    attempt: int

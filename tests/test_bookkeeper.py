@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from messages.book import BookUpdate
-from recorder.bookkeeper import BookKeeper
+from l2rec.book.keeper import BookKeeper
+from l2rec.messages.book import BookUpdate
 
 TOPIC = "orderbook.50.BTCUSDT"
 

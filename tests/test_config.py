@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from recorder.config import ConfigError, build_config, from_env, load_toml
-from recorder.endpoints import public_ws_url
-from supervisor import load_config, parse_args
+from l2rec.cli import load_config, parse_args
+from l2rec.runtime.config import ConfigError, build_config, from_env, load_toml
+from l2rec.venue.endpoints import public_ws_url
 from tests.conftest import DATA, clean_env, run_supervisor
 
 

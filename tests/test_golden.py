@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from messages.book import BookUpdate, RejectedFrame
-from recorder.bookkeeper import BookKeeper
-from recorder.protocol import BOOK, OTHER_TOPIC, REJECT, REPLY, Reply, classify
-from recorder.schema import ROW_COLUMNS
-from recorder.storage import Store
+from l2rec.book.keeper import BookKeeper
+from l2rec.messages.book import BookUpdate, RejectedFrame
+from l2rec.storage.schema import ROW_COLUMNS
+from l2rec.storage.sqlite import Store
+from l2rec.venue.protocol import BOOK, OTHER_TOPIC, REJECT, REPLY, Reply, classify
 from tests.reference import RefRecorder, diff_row, float_book
 
 DATA = Path(__file__).resolve().parent / "data"

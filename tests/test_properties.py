@@ -20,8 +20,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from messages.book import BookUpdate, RejectedFrame
-from recorder.bookkeeper import (
+from l2rec.book.keeper import (
     GAP_CROSSED,
     GAP_NO_SNAPSHOT,
     GAP_REJECTED,
@@ -29,9 +28,10 @@ from recorder.bookkeeper import (
     GAP_U_JUMP,
     BookKeeper,
 )
-from recorder.features import IsoMillis
-from recorder.protocol import BOOK, OTHER_TOPIC, R_BAD_LEVEL, REJECT, REPLY, Reply, classify
-from recorder.schema import ROW_COLUMNS
+from l2rec.book.rows import IsoMillis
+from l2rec.messages.book import BookUpdate, RejectedFrame
+from l2rec.storage.schema import ROW_COLUMNS
+from l2rec.venue.protocol import BOOK, OTHER_TOPIC, R_BAD_LEVEL, REJECT, REPLY, Reply, classify
 from tests.reference import RefRecorder, diff_row, float_book, iso_ms
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -468,7 +468,7 @@ def test_a_bad_level_in_a_synced_topic_is_a_gap_until_the_next_snapshot(bad: obj
 
 
 def test_number_cache_stays_bounded_and_never_lets_a_bad_spelling_through() -> None:
-    from recorder import protocol
+    from l2rec.venue import protocol
 
     for i in range(protocol._CACHE_MAX + 500):
         kind, upd = classify(frame(50, "delta", i + 2, 1_700_000_000_000 + i, [[f"{i + 1}.5", f"{i}.25"]], []),

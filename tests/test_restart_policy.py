@@ -6,18 +6,12 @@ import random
 
 import pytest
 
-from recorder.restart_policy import (
-    CLOSED,
-    ESCALATE,
-    HALF_OPEN,
-    NONE,
-    OPEN,
-    RESTART,
-    TEMPORARY,
-    TRANSIENT,
-    ChildPolicy,
-    PolicyConfig,
-)
+from l2rec.supervision.policy import ChildPolicy, PolicyConfig
+from l2rec.supervision.states import Action, Breaker, RestartType
+
+CLOSED, OPEN, HALF_OPEN = Breaker.CLOSED, Breaker.OPEN, Breaker.HALF_OPEN
+RESTART, NONE, ESCALATE = Action.RESTART, Action.NONE, Action.ESCALATE
+TRANSIENT, TEMPORARY = RestartType.TRANSIENT, RestartType.TEMPORARY
 
 CFG = PolicyConfig(backoff_min_s=0.5, backoff_max_s=60, backoff_factor=2, backoff_jitter=0.2, reset_after_s=30,
                    max_restarts=5, period_s=60, cooldown_s=30, cooldown_max_s=900, escalate_after_reopens=3)

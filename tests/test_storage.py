@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from messages.writer import GapRecord
-from recorder.schema import ADDED_COLUMNS, NATURAL_KEY, ROW_COLUMNS, SEED_COLUMNS, table_ddl
-from recorder.storage import Store
+from l2rec.messages.writer import GapRecord
+from l2rec.storage.schema import ADDED_COLUMNS, NATURAL_KEY, ROW_COLUMNS, SEED_COLUMNS, table_ddl
+from l2rec.storage.sqlite import Store
 from tests.conftest import wait_for
 
 TABLE = "l2_training_data_practical"

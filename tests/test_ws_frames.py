@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder.ws_frames import (
+from l2rec.venue.ws_frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,

@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from messages.book import BookUpdate, RejectedFrame
-from messages.writer import GapRecord
-from recorder.features import IsoMillis, make_row
-from recorder.orderbook import OrderBook
-from recorder.protocol import split_topic
-from recorder.schema import COL
+from l2rec.book.orderbook import OrderBook
+from l2rec.book.rows import IsoMillis, make_row
+from l2rec.messages.book import BookUpdate, RejectedFrame
+from l2rec.messages.writer import GapRecord
+from l2rec.storage.schema import COL
+from l2rec.venue.protocol import split_topic
 
 _DEPTH = COL["depth"]
 _SYMBOL = COL["symbol"]

@@ -18,9 +18,9 @@ from __future__ import annotations
 import time
 from operator import mul
 
-from messages.book import BookUpdate
-from recorder.orderbook import OrderBook
-from recorder.schema import N_LEVELS
+from l2rec.book.orderbook import OrderBook
+from l2rec.messages.book import BookUpdate
+from l2rec.storage.schema import N_LEVELS
 
 _MS_SUFFIX = tuple(f".{ms:03d}Z" for ms in range(1000))
 

@@ -1,4 +1,7 @@
-"""FeaturesActor: keeps the books, checks sequence integrity, computes rows, batches them to the writer.
+"""BookActor: keeps the books, checks sequence integrity, makes the rows, batches them to the writer.
+
+Named ``features`` in the health dump and in ``L2REC_FAULTS`` (the design card's stage name): it is where
+each book state becomes a row of features (``l2rec.book.rows``), through ``l2rec.book.keeper``.
 
 Flushes a batch when it holds ``buffer_size`` rows or its oldest row is ``write_interval`` old.
 
@@ -18,23 +21,27 @@ from typing import Any
 
 import pykka
 
-from actors.reporting import Reporter
-from messages.book import BookUpdate, ParsedBatch
-from messages.control import Resubscribe, Tick
-from messages.frames import EndOfStream, SessionEnded, SessionStarted
-from messages.writer import GapRecord, SessionRecord
-from recorder.bookkeeper import BookKeeper
-from recorder.config import RecorderConfig
-from recorder.faults import Faults
-from recorder.logs import RateLimited
-from recorder.writer_link import WriterLink
+from l2rec.actors.base import RecorderActor, Reporter, handles
+from l2rec.book.keeper import BookKeeper
+from l2rec.messages.book import BookUpdate, ParsedBatch
+from l2rec.messages.control import Resubscribe, Tick
+from l2rec.messages.frames import EndOfStream, SessionEnded, SessionStarted
+from l2rec.messages.writer import GapRecord, SessionRecord
+from l2rec.runtime.config import RecorderConfig
+from l2rec.runtime.faults import Faults
+from l2rec.runtime.logs import RateLimited
+from l2rec.storage.link import WriterLink
 
 log = logging.getLogger("actors.features")
 
 RESYNC_RETRY_NS = 10_000_000_000
 
 
-class FeaturesActor(pykka.ThreadingActor):
+class BookActor(RecorderActor):
+    """One per shard; between the parser and the writer link. The shard's only owner of book state."""
+
+    name = "features"
+
     def __init__(
         self,
         cfg: RecorderConfig,
@@ -48,16 +55,13 @@ class FeaturesActor(pykka.ThreadingActor):
         faults: Faults,
         restarted_topics: tuple[str, ...] = (),
     ) -> None:
-        super().__init__()
+        super().__init__(reporter, faults)
         self.cfg = cfg
         self.shard_id = shard_id
         self.link = link
         self.connection = connection
         self.credits = credits
         self.end_of_stream = end_of_stream
-        self.reporter = reporter
-        self.fault = faults.for_actor("features")
-        self.msgs_in = 0
         self.keeper = BookKeeper(
             category=cfg.category,
             data_source="replay" if cfg.replay else "live_trading",
@@ -84,35 +88,28 @@ class FeaturesActor(pykka.ThreadingActor):
         self.silence_ns = int(cfg.topic_silence_s * 1e9)
         self.silent_resubscribes = 0
 
-    def on_start(self) -> None:
-        if self.fault is not None:
-            self.fault.on_start()
+    @handles(ParsedBatch, fault_point=True)
+    def _on_batch(self, batch: ParsedBatch) -> None:
+        self._apply(batch)
+        if self.credits is not None:
+            self.credits.release()
 
-    def on_receive(self, message: Any) -> Any:
-        self.msgs_in += 1
-        if isinstance(message, ParsedBatch):
-            if self.fault is not None:
-                self.fault.on_message()
-            self._apply(message)
-            if self.credits is not None:
-                self.credits.release()
-        elif isinstance(message, Tick):
-            self._on_tick(message.now_ns)
-        elif isinstance(message, SessionStarted):
-            # Bybit answers a subscribe with a snapshot; a resubscribe is pending no more.
-            self.pending_resync.clear()
-            self.session = message
-            self.keeper.expect(message.topics)
-            self.topic_seen_ns = dict.fromkeys(message.topics, message.connected_ns)
-            self.sessions.append(SessionRecord(self.shard_id, message.session_id, message.url,
-                                               len(message.topics), message.connected_ns, None, None, None))
-        elif isinstance(message, SessionEnded):
-            self._on_session_end(message)
-        elif isinstance(message, EndOfStream):
-            self._flush()
-            self.end_of_stream.set()
-        return None
+    @handles(SessionStarted)
+    def _on_session_start(self, message: SessionStarted) -> None:
+        # Bybit answers a subscribe with a snapshot; a resubscribe is pending no more.
+        self.pending_resync.clear()
+        self.session = message
+        self.keeper.expect(message.topics)
+        self.topic_seen_ns = dict.fromkeys(message.topics, message.connected_ns)
+        self.sessions.append(SessionRecord(self.shard_id, message.session_id, message.url,
+                                           len(message.topics), message.connected_ns, None, None, None))
 
+    @handles(EndOfStream)
+    def _on_end_of_stream(self, _message: EndOfStream) -> None:
+        self._flush()
+        self.end_of_stream.set()
+
+    @handles(SessionEnded)
     def _on_session_end(self, msg: SessionEnded) -> None:
         s = self.session
         if s is not None and s.session_id == msg.session_id:
@@ -124,7 +121,9 @@ class FeaturesActor(pykka.ThreadingActor):
             self.keeper.on_disconnect()
             self._collect_events()
 
-    def _on_tick(self, now_ns: int) -> None:
+    @handles(Tick)
+    def _on_tick(self, tick: Tick) -> None:
+        now_ns = tick.now_ns
         if (self.rows and time.monotonic() - self.batch_started >= self.max_age_s) or self.gaps or self.sessions:
             self._flush()
         if self.backpressured and self.link.rows_held <= self.link.capacity_rows // 2:
@@ -133,7 +132,7 @@ class FeaturesActor(pykka.ThreadingActor):
             self._retry_stuck_resyncs(now_ns)
         if self.silence_ns and self.connection is not None and self.topic_seen_ns:
             self._watch_silence(now_ns)
-        self.reporter.maybe(now_ns, self.status())
+        self.report(now_ns)
 
     def _watch_silence(self, now_ns: int) -> None:
         topics = self.keeper.topics
@@ -242,8 +241,8 @@ class FeaturesActor(pykka.ThreadingActor):
 
     def status(self) -> dict[str, object]:
         link = self.link
-        return {"state": "backpressured" if self.backpressured else "running", "messages_in": self.msgs_in,
-                "mailbox": self.actor_inbox.qsize(), "topics": self.keeper.snapshot_stats(),
+        return {**self.base_status("backpressured" if self.backpressured else "running"),
+                "topics": self.keeper.snapshot_stats(),
                 "rows_sent": self.rows_sent, "rows_shed": self.rows_shed, "batches_sent": self.batches_sent,
                 "rows_buffered": len(self.rows), "silent_resubscribes": self.silent_resubscribes,
                 "writer_link": {"depth_rows": link.rows_held, "capacity_rows": link.capacity_rows,
@@ -256,4 +255,4 @@ class FeaturesActor(pykka.ThreadingActor):
             self.link.put(tuple(self.rows), tuple(self.gaps), self.shard_id, tuple(self.sessions))
             self.rows_sent += len(self.rows)
             self.rows, self.gaps, self.sessions = [], [], []
-        self.reporter.maybe(time.time_ns(), self.status(), force=True)
+        self.report(time.time_ns(), force=True)

@@ -10,19 +10,36 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 
 import orjson
 
-from messages.book import BookUpdate, Level, RejectedFrame
+from l2rec.messages.book import BookUpdate, Level, RejectedFrame
 
 INF = float("inf")
 _TS_MAX_MS = 4_102_444_800_000  # 2100-01-01: a larger ts is garbage, not a time
 
-# Kinds returned by classify(); counters are keyed by these and by reject reasons.
-BOOK = "book"
-REPLY = "reply"
-OTHER_TOPIC = "other_topic"
-REJECT = "reject"
+
+
+class FrameKind(StrEnum):
+    """What ``classify`` found; the parser's counters are keyed by these (and by reject reasons)."""
+
+    BOOK = "book"
+    REPLY = "reply"
+    OTHER_TOPIC = "other_topic"
+    REJECT = "reject"
+
+
+class ReplyKind(StrEnum):
+    """A server reply: an acknowledged request, a pong, or a refusal."""
+
+    ACK = "ack"
+    PONG = "pong"
+    ERROR = "error"
+
+
+# Module-level names: ``kind is BOOK`` on the hot path is one global lookup, not an attribute lookup too.
+BOOK, REPLY, OTHER_TOPIC, REJECT = FrameKind.BOOK, FrameKind.REPLY, FrameKind.OTHER_TOPIC, FrameKind.REJECT
 
 # Reject reasons (stable names: they appear in the health dump and in tests).
 R_NOT_JSON = "not_json"
@@ -43,7 +60,7 @@ _TOPIC_IN_TEXT = re.compile(r"(orderbook\.\d+\.[A-Za-z0-9\-_]+)")
 class Reply:
     """An ack, pong or refusal from the server."""
 
-    kind: str  # "ack" | "pong" | "error"
+    kind: ReplyKind
     ok: bool
     op: str | None
     req_id: str | None
@@ -127,7 +144,7 @@ def _int_field(v: object) -> int:
     raise _Bad(R_BAD_FIELDS)
 
 
-def classify(payload: str | bytes, recv_ns: int | None) -> tuple[str, object]:
+def classify(payload: str | bytes, recv_ns: int | None) -> tuple[FrameKind, object]:
     """Classify and convert one frame.
 
     Returns ``(BOOK, BookUpdate)``, ``(REPLY, Reply)``, ``(OTHER_TOPIC, topic)`` or
@@ -189,9 +206,9 @@ def _reply(msg: dict[str, object], recv_ns: int | None) -> tuple[str, object]:
     rid = req_id if isinstance(req_id, str) and req_id else None
     text = ret_msg if isinstance(ret_msg, str) else ""
     if text == "pong" or op == "pong":
-        return REPLY, Reply("pong", True, "ping", rid, text)
+        return REPLY, Reply(ReplyKind.PONG, True, "ping", rid, text)
     if isinstance(success, bool):
-        return REPLY, Reply("ack" if success else "error", success, op if isinstance(op, str) else None,
+        return REPLY, Reply(ReplyKind.ACK if success else ReplyKind.ERROR, success, op if isinstance(op, str) else None,
                             rid, text)
     return REJECT, RejectedFrame(R_UNKNOWN_SHAPE, None, recv_ns)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
 
-from messages.book import Level
+from l2rec.messages.book import Level
 
 
 class OrderBook:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recorder.endpoints import CATEGORIES, LIVE_DEPTHS, NETWORKS, public_ws_url
-from recorder.restart_policy import RESTART_TYPES, PolicyConfig
+from l2rec.supervision.policy import RESTART_TYPES, PolicyConfig
+from l2rec.supervision.states import RestartType
+from l2rec.venue.endpoints import CATEGORIES, LIVE_DEPTHS, NETWORKS, public_ws_url
 
 ENV_PREFIX = "L2REC_"
 EX_CONFIG = 78
@@ -75,8 +76,8 @@ class RecorderConfig:
     breaker_cooldown_s: float = 30.0
     breaker_cooldown_max_s: float = 900.0
     breaker_escalate_after_reopens: int = 3
-    shard_restart: str = "permanent"
-    writer_restart: str = "permanent"
+    shard_restart: RestartType = RestartType.PERMANENT
+    writer_restart: RestartType = RestartType.PERMANENT
     replay: str | None = None
     replay_filter_symbols: bool = False
     replay_filter_depth: bool = False
@@ -99,7 +100,7 @@ class RecorderConfig:
         n = self.symbols_per_shard
         return [t[i:i + n] for i in range(0, len(t), n)]
 
-    def policy(self, restart: str, *, critical: bool) -> PolicyConfig:
+    def policy(self, restart: RestartType, *, critical: bool) -> PolicyConfig:
         return PolicyConfig(
             restart=restart, backoff_min_s=self.restart_backoff_min_s, backoff_max_s=self.restart_backoff_max_s,
             backoff_factor=self.restart_backoff_factor, backoff_jitter=self.restart_backoff_jitter,
@@ -226,8 +227,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "breaker_cooldown_s": lambda k, v: _as_float(k, v, 0.0, 86_400.0),
     "breaker_cooldown_max_s": lambda k, v: _as_float(k, v, 0.0, 86_400.0),
     "breaker_escalate_after_reopens": lambda k, v: _as_int(k, v, 1, 1_000_000),
-    "shard_restart": lambda k, v: _as_choice(k, v, RESTART_TYPES),
-    "writer_restart": lambda k, v: _as_choice(k, v, RESTART_TYPES),
+    "shard_restart": lambda k, v: RestartType(_as_choice(k, v, RESTART_TYPES)),
+    "writer_restart": lambda k, v: RestartType(_as_choice(k, v, RESTART_TYPES)),
     "replay": _as_opt_str,
     "replay_filter_symbols": _as_bool,
     "replay_filter_depth": _as_bool,

@@ -23,25 +23,15 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from recorder.backoff import Backoff
+from l2rec.supervision.backoff import Backoff
+from l2rec.supervision.states import Action, Breaker, RestartType
 
-PERMANENT = "permanent"
-TRANSIENT = "transient"
-TEMPORARY = "temporary"
-RESTART_TYPES = (PERMANENT, TRANSIENT, TEMPORARY)
-
-CLOSED = "closed"
-OPEN = "open"
-HALF_OPEN = "half_open"
-
-RESTART = "restart"
-NONE = "none"
-ESCALATE = "escalate"
+RESTART_TYPES = tuple(RestartType)
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
-    restart: str = PERMANENT
+    restart: RestartType = RestartType.PERMANENT
     backoff_min_s: float = 0.5
     backoff_max_s: float = 60.0
     backoff_factor: float = 2.0
@@ -59,10 +49,10 @@ class PolicyConfig:
 class Decision:
     """What the supervisor must do after a child exit."""
 
-    action: str  # RESTART | NONE | ESCALATE
+    action: Action
     restart_at: float | None
     delay_s: float
-    breaker: str
+    breaker: Breaker
     attempt: int
     reason: str
 
@@ -74,7 +64,7 @@ class ChildPolicy:
     name: str
     cfg: PolicyConfig
     rng: random.Random = field(default_factory=random.Random)
-    breaker: str = CLOSED
+    breaker: Breaker = Breaker.CLOSED
     attempt: int = 0
     restarts: int = 0
     reopens: int = 0
@@ -97,40 +87,42 @@ class ChildPolicy:
         if error:
             self.last_error = error
         kind = self.cfg.restart
-        if kind == TEMPORARY or (kind == TRANSIENT and not abnormal):
-            return Decision(NONE, None, 0.0, self.breaker, self.attempt, f"{kind} child exited")
+        if kind == RestartType.TEMPORARY or (kind == RestartType.TRANSIENT and not abnormal):
+            return Decision(Action.NONE, None, 0.0, self.breaker, self.attempt, f"{kind} child exited")
         self.failures.append(now)
         while self.failures and now - self.failures[0] > self.cfg.period_s:
             self.failures.popleft()
 
         if retry_after_s is not None:
             return self._open(now, f"rate limited, Retry-After {retry_after_s:g}s", floor_s=retry_after_s)
-        if self.breaker == HALF_OPEN:
+        if self.breaker == Breaker.HALF_OPEN:
             return self._open(now, "half-open trial failed")
         if len(self.failures) > self.cfg.max_restarts:
             return self._open(now, f"{len(self.failures)} failures within {self.cfg.period_s:g}s")
         self.attempt += 1
         delay = self.backoff.delay(self.attempt, self.rng)
         self.restart_at = now + delay
-        return Decision(RESTART, self.restart_at, delay, self.breaker, self.attempt, "backoff")
+        return Decision(Action.RESTART, self.restart_at, delay, self.breaker, self.attempt, "backoff")
 
     def _open(self, now: float, reason: str, floor_s: float = 0.0) -> Decision:
-        if self.breaker == HALF_OPEN:
+        if self.breaker == Breaker.HALF_OPEN:
             # The trial failed: reopen for twice as long, and count reopenings since the last close.
             self.reopens += 1
             self.cooldown_s = min(self.cfg.cooldown_max_s, max(self.cooldown_s, self.cfg.cooldown_s) * 2)
         else:
             self.cooldown_s = self.cfg.cooldown_s
         self.cooldown_s = max(self.cooldown_s, floor_s)
-        self.breaker = OPEN
+        self.breaker = Breaker.OPEN
         self.attempt += 1
         if self.cfg.critical:
-            return Decision(ESCALATE, None, 0.0, OPEN, self.attempt, f"critical child's breaker opened: {reason}")
+            return Decision(Action.ESCALATE, None, 0.0, Breaker.OPEN, self.attempt,
+                            f"critical child's breaker opened: {reason}")
         if self.reopens >= self.cfg.escalate_after_reopens:
-            return Decision(ESCALATE, None, 0.0, OPEN, self.attempt,
+            return Decision(Action.ESCALATE, None, 0.0, Breaker.OPEN, self.attempt,
                             f"breaker reopened {self.reopens} times in a row: {reason}")
         self.restart_at = now + self.cooldown_s
-        return Decision(RESTART, self.restart_at, self.cooldown_s, OPEN, self.attempt, f"breaker open: {reason}")
+        return Decision(Action.RESTART, self.restart_at, self.cooldown_s, Breaker.OPEN, self.attempt,
+                        f"breaker open: {reason}")
 
     def due(self, now: float) -> bool:
         return self.restart_at is not None and now >= self.restart_at
@@ -140,8 +132,8 @@ class ChildPolicy:
         self.restart_at = None
         self.restarts += 1
         self.healthy_since = None
-        if self.breaker == OPEN:
-            self.breaker = HALF_OPEN
+        if self.breaker == Breaker.OPEN:
+            self.breaker = Breaker.HALF_OPEN
 
     def on_health(self, now: float, healthy: bool) -> None:
         """Called periodically; after ``reset_after_s`` of continuous health the child is trusted again."""
@@ -151,11 +143,11 @@ class ChildPolicy:
         if self.healthy_since is None:
             self.healthy_since = now
             return
-        if now - self.healthy_since >= self.cfg.reset_after_s and (self.attempt or self.breaker != CLOSED):
+        if now - self.healthy_since >= self.cfg.reset_after_s and (self.attempt or self.breaker != Breaker.CLOSED):
             self.attempt = 0
             self.reopens = 0
             self.cooldown_s = 0.0
-            self.breaker = CLOSED
+            self.breaker = Breaker.CLOSED
 
     def snapshot(self, now: float) -> dict[str, object]:
         return {

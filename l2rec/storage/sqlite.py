@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from messages.writer import GapRecord, SessionRecord
-from recorder.features import IsoMillis
-from recorder.schema import (
+from l2rec.book.rows import IsoMillis
+from l2rec.messages.writer import GapRecord, SessionRecord
+from l2rec.storage.schema import (
     ADDED_COLUMNS,
     GAPS_DDL,
     GAPS_TABLE,

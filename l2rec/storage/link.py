@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from multiprocessing.connection import Client, Connection
 
-from messages.writer import GapRecord, RowBatch, SessionRecord
+from l2rec.messages.writer import GapRecord, RowBatch, SessionRecord
 
 log = logging.getLogger("recorder.writer_link")
 

@@ -1,0 +1,1 @@
+"""What each OS process runs: the root supervisor, the writer, a shard."""

@@ -1,0 +1,315 @@
+"""The root process: starts the writer, then the shards (spawn context), supervises them under their
+restart policies, detects hangs by heartbeats, runs the HealthActor and the log sink, handles signals,
+and stops everything in order (shards first: they drain and flush; the writer last: it commits)."""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection, wait
+from types import FrameType
+
+import pykka
+
+from l2rec.actors.health import HealthActor
+from l2rec.messages.health import ChildInfo, DumpHealth, Status, SupervisorState
+from l2rec.processes.child import EXIT_RATE_LIMITED
+from l2rec.processes.children import Child, ShardChild, WriterChild
+from l2rec.runtime.config import RecorderConfig
+from l2rec.runtime.logs import RootLogging
+from l2rec.supervision.policy import ChildPolicy
+from l2rec.supervision.states import Action, RestartType
+
+log = logging.getLogger("supervisor")
+
+EXIT_OK = 0
+EXIT_CHILD_FAILED = 1
+EXIT_INTERRUPTED = 130
+EXIT_ESCALATED = 75
+
+
+class Root:
+    """The root supervisor: ordered start (writer, then shards), restarts under each child's policy,
+    hang detection by heartbeats, ordered stop (shards, then the writer)."""
+
+    def __init__(self, cfg: RecorderConfig) -> None:
+        self.cfg = cfg
+        self.ctx = multiprocessing.get_context("spawn")
+        self.stop_requested = threading.Event()
+        self.interrupts = 0
+        self.dump_requested = False
+        self.reopen_requested = False
+        self.started_ns = time.time_ns()
+        self.rundir = tempfile.mkdtemp(prefix="l2rec-")
+        self.writer_address = os.path.join(self.rundir, "writer.sock")
+        self.uplinks: dict[Connection, Child] = {}
+        self.uplinks_lock = threading.Lock()
+        replay = cfg.replay is not None
+        self.writer = WriterChild("writer", cfg, ChildPolicy("writer", cfg.policy(cfg.writer_restart, critical=True)),
+                                  ("writer",), address=self.writer_address)
+        # A replay shard is done when it ends normally; a failing replay escalates at its breaker's first
+        # opening rather than waiting out cooldowns.
+        shard_restart = RestartType.TRANSIENT if replay else cfg.shard_restart
+        # Replay: the file's topics are split over replay_shards processes (each reads the file and keeps
+        # its own topics); live: symbols_per_shard topics per process and connection.
+        groups: list[tuple[str, ...]] = [()] * cfg.replay_shards if replay else cfg.shard_topics()
+        self.shards = [
+            ShardChild(f"shard-{i}", cfg, ChildPolicy(f"shard-{i}", cfg.policy(shard_restart, critical=replay)),
+                       ("parser", "features") if replay else ("connection", "parser", "features"),
+                       shard_id=i, shard_count=len(groups), topics=topics, writer_address=self.writer_address)
+            for i, topics in enumerate(groups)
+        ]
+
+    # -- signals (handlers only set flags; the main loop acts) ----------------------------------------
+
+    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts >= 2:
+                # At once. SQLite in WAL mode loses at most the uncommitted batch, never the file.
+                for p in multiprocessing.active_children():
+                    p.kill()
+                os._exit(EXIT_INTERRUPTED)
+        self.stop_requested.set()
+
+    def _on_usr1(self, _signum: int, _frame: FrameType | None) -> None:
+        self.dump_requested = True
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reopen_requested = True
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGUSR1, self._on_usr1)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
+
+    # -- run ------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        cfg = self.cfg
+        self.logs = RootLogging(cfg.log_level, cfg.log_file)
+        self._install_signals()
+        self.health = HealthActor.start(self.started_ns)
+        pump_stop = threading.Event()
+        pump = threading.Thread(target=self._pump_uplinks, args=(pump_stop,), name="uplink-pump", daemon=True)
+        pump.start()
+        try:
+            return self._supervise()
+        finally:
+            self._final_dump()
+            pump_stop.set()
+            pump.join(timeout=2.0)
+            pykka.ActorRegistry.stop_all(block=True, timeout=5.0)
+            self.logs.stop()
+            shutil.rmtree(self.rundir, ignore_errors=True)
+
+    def _final_dump(self) -> None:
+        """At exit, once every child's last report arrived (its uplink reached EOF), write the dump: the
+        final counters of the run, for the operator and for tests."""
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            with self.uplinks_lock:
+                if not self.uplinks:
+                    break
+            time.sleep(0.02)
+        with contextlib.suppress(Exception):
+            self.health.ask(DumpHealth(self.cfg.health_file, "exit"), timeout=5.0)
+
+    def _start(self, child: Child) -> None:
+        ctl_child, ctl_root = self.ctx.Pipe(duplex=False)
+        up_root, up_child = self.ctx.Pipe(duplex=False)
+        child.reset()
+        target, args = child.process_args(self.ctx, ctl_child, up_child)
+        proc = self.ctx.Process(target=target, name=child.name, args=args)
+        proc.start()
+        ctl_child.close()
+        up_child.close()
+        child.proc = proc
+        child.ctl = ctl_root
+        child.exit_handled = False
+        child.started_mono = time.monotonic()
+        with self.uplinks_lock:
+            self.uplinks[up_root] = child
+        self.health.tell(ChildInfo(child.name, child.role, proc.pid or 0, time.time_ns()))
+
+    def _pump_uplinks(self, stop: threading.Event) -> None:
+        """Log records and status reports from every child; the heartbeats the hang detector reads."""
+        while not stop.is_set():
+            with self.uplinks_lock:
+                conns = list(self.uplinks)
+            if not conns:
+                stop.wait(0.05)
+                continue
+            ready: list[Connection] = wait(conns, timeout=0.1)  # type: ignore[assignment]  # wait() returns the objects it was given
+            for conn in ready:
+                child = self.uplinks[conn]
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    with self.uplinks_lock:
+                        self.uplinks.pop(conn, None)
+                    continue
+                if isinstance(msg, logging.LogRecord):
+                    self.logs.handle(msg)
+                elif isinstance(msg, Status):
+                    child.on_status(msg, time.monotonic())
+                    with contextlib.suppress(pykka.ActorDeadError):
+                        self.health.tell(msg)
+                elif msg == "ready":
+                    child.ready.set()
+
+    def _supervise(self) -> int:
+        cfg = self.cfg
+        log.info("starting", extra={"fields": {
+            "mode": "replay" if cfg.replay else "live", "source": cfg.replay or cfg.url,
+            "symbols": ",".join(cfg.symbols), "depth": cfg.orderbook_depth, "db": cfg.db_path,
+            "table": cfg.table_name, "shards": len(self.shards)}})
+        self._start(self.writer)
+        while not self.writer.ready.wait(0.05):
+            if not self.writer.running:
+                log.critical("writer failed to start", extra={"fields": {"exitcode": self.writer.exitcode}})
+                return EXIT_CHILD_FAILED
+            if self.stop_requested.is_set():
+                self._kill(self.writer)
+                return EXIT_OK
+        for shard in self.shards:
+            self._start(shard)
+
+        exit_code = EXIT_OK
+        next_state = 0.0
+        children: list[Child] = [self.writer, *self.shards]
+        while True:
+            sentinels = [c.proc.sentinel for c in children if c.proc is not None and c.proc.is_alive()]
+            if sentinels:
+                wait(sentinels, timeout=0.1)
+            else:
+                self.stop_requested.wait(0.1)
+            now = time.monotonic()
+            if self.reopen_requested:
+                self.reopen_requested = False
+                self.logs.reopen()
+                log.info("log file reopened")
+            if self.stop_requested.is_set():
+                log.info("stop requested: stopping shards, then the writer")
+                break
+            self._detect_hangs(children, now)
+            escalate = self._handle_exits(children, now)
+            if escalate is not None:
+                exit_code = escalate
+                break
+            for child in children:
+                if not child.running and not child.finished and child.policy.due(now):
+                    log.warning("restarting", extra={"fields": {
+                        "child": child.name, "attempt": child.policy.attempt, "breaker": child.policy.breaker,
+                        "last_error": child.policy.last_error}})
+                    child.policy.on_restart(now)
+                    self._start(child)
+                elif child.running:
+                    child.policy.on_health(now, child.healthy(now, cfg.heartbeat_timeout_s))
+            if cfg.replay and all(s.finished for s in self.shards):
+                log.info("replay finished")
+                break
+            if self.dump_requested or now >= next_state:
+                self.health.tell(SupervisorState(
+                    {c.name: {"role": c.role, "pid": c.proc.pid if c.proc else None, "alive": c.running,
+                              "exitcode": c.exitcode, **c.policy.snapshot(now)}
+                     for c in children}))
+                next_state = now + 1.0
+            if self.dump_requested:
+                self.dump_requested = False
+                self.health.tell(DumpHealth(cfg.health_file, "SIGUSR1"))
+        return self._shutdown(exit_code)
+
+    def _detect_hangs(self, children: list[Child], now: float) -> None:
+        """``is_alive()`` cannot see a hung actor; one silent past the deadline fails its whole process."""
+        timeout = self.cfg.heartbeat_timeout_s
+        for child in children:
+            if not child.running or now - child.started_mono < timeout:
+                continue
+            for actor in child.expected_actors:
+                last = child.heartbeats.get(actor, child.started_mono)
+                if now - last > timeout:
+                    child.hang_reason = f"hung: actor {actor} sent no heartbeat for {now - last:.1f}s"
+                    log.error("child hung; killing it", extra={"fields": {
+                        "child": child.name, "actor": actor, "silent_s": round(now - last, 1)}})
+                    self._kill(child)
+                    break
+
+    def _handle_exits(self, children: list[Child], now: float) -> int | None:
+        """Apply each exited child's policy; returns an exit code when the tree must stop."""
+        for child in children:
+            proc = child.proc
+            if proc is None or child.exit_handled or proc.is_alive():
+                continue
+            child.exit_handled = True
+            code = proc.exitcode
+            retry_after = child.retry_after_s() if code == EXIT_RATE_LIMITED else None
+            error = child.hang_reason or (f"exit code {code}" if code else None)
+            decision = child.policy.on_exit(now, abnormal=code != 0, error=error, retry_after_s=retry_after)
+            fields = {"child": child.name, "exitcode": code, "action": decision.action,
+                      "attempt": decision.attempt, "delay_s": round(decision.delay_s, 3),
+                      "breaker": decision.breaker, "reason": decision.reason, "error": error}
+            if decision.action is Action.ESCALATE:
+                log.critical("escalating: stopping everything", extra={"fields": fields})
+                return EXIT_ESCALATED
+            if decision.action is Action.RESTART:
+                log.warning("child exited; restart scheduled", extra={"fields": fields})
+            else:
+                child.finished = True
+                log.info("child finished", extra={"fields": fields})
+                if child is self.writer:
+                    return EXIT_CHILD_FAILED
+        return None
+
+    def _shutdown(self, exit_code: int) -> int:
+        # A shard gets shutdown_deadline_s to close its socket and flush, and then as long as it reports
+        # that it is still draining into a writer that makes progress (a backlog of acked batches).
+        grace = self.cfg.shutdown_deadline_s + 5.0
+        running = [c for c in self.shards if c.running]  # one waiting for its restart was already judged
+        for child in running:
+            child.send_stop()
+        t0 = time.monotonic()
+        for child in running:
+            while child.running:
+                child.join(0.2)
+                now = time.monotonic()
+                last_drain = child.heartbeats.get("drain", 0.0)
+                if now - t0 > grace and now - last_drain > grace:
+                    log.error("shard did not stop in time; killing it", extra={"fields": {"shard": child.name}})
+                    self._kill(child)
+                    exit_code = exit_code or EXIT_CHILD_FAILED
+                    break
+            if child.exitcode not in (0, None):
+                # e.g. rows it could not hand to the writer: the run was not clean, say so
+                log.error("shard stopped with an error", extra={"fields": {
+                    "shard": child.name, "exitcode": child.exitcode}})
+                exit_code = exit_code or EXIT_CHILD_FAILED
+        w = self.writer
+        if w.running:
+            w.send_stop()
+            w.join(max(10.0, 2 * self.cfg.shutdown_deadline_s + 5.0))
+            if w.running:
+                log.critical("writer did not stop in time; killing it (uncommitted batches are lost)")
+                self._kill(w)
+                exit_code = exit_code or EXIT_CHILD_FAILED
+            elif w.exitcode != 0:
+                exit_code = exit_code or EXIT_CHILD_FAILED
+        log.info("stopped", extra={"fields": {"exit_code": exit_code}})
+        return exit_code
+
+
+    @staticmethod
+    def _kill(child: Child) -> None:
+        if child.proc is not None:
+            child.proc.kill()
+            child.proc.join(timeout=5.0)

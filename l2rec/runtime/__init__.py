@@ -1,0 +1,1 @@
+"""Plumbing every process shares: configuration, logs, the uplink to the root, fault injection."""

@@ -1,0 +1,1 @@
+"""Bybit v5: the public websocket protocol, endpoints, frame reading and the dump formats."""
