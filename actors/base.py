@@ -21,7 +21,7 @@ import pykka
 from l2rec.messages.health import Status
 from l2rec.runtime.faults import ActorFault, Faults
 from l2rec.runtime.uplink import Uplink
-from l2rec.supervision.states import Role
+from l2rec.supervision.states import ActorState, Role
 
 REPORT_INTERVAL_NS = 1_000_000_000
 
@@ -105,9 +105,10 @@ class RecorderActor(pykka.ThreadingActor):
         """This actor's counters for the health dump."""
         return {}
 
-    def base_status(self, state: str) -> dict[str, object]:
+    def base_status(self, state: ActorState) -> dict[str, object]:
         """The fields every actor reports: state, messages in, mailbox depth."""
-        return {"state": state, "messages_in": self.msgs_in, "mailbox": self.actor_inbox.qsize()}
+        mailbox = self.actor_inbox.qsize()  # type: ignore[attr-defined]  # a ThreadingActor's inbox is a queue.Queue
+        return {"state": state, "messages_in": self.msgs_in, "mailbox": mailbox}
 
     def report(self, now_ns: int, force: bool = False) -> None:
         """Send ``status()`` to the root at most once a second (or now, with ``force``)."""

@@ -31,6 +31,7 @@ from l2rec.runtime.config import RecorderConfig
 from l2rec.runtime.faults import Faults
 from l2rec.runtime.logs import RateLimited
 from l2rec.storage.link import WriterLink
+from l2rec.supervision.states import ActorState
 
 log = logging.getLogger("actors.features")
 
@@ -131,10 +132,10 @@ class BookActor(RecorderActor):
         if self.pending_resync and not self.backpressured:
             self._retry_stuck_resyncs(now_ns)
         if self.silence_ns and self.connection is not None and self.topic_seen_ns:
-            self._watch_silence(now_ns)
+            self._watch_silence(now_ns, self.connection)
         self.report(now_ns)
 
-    def _watch_silence(self, now_ns: int) -> None:
+    def _watch_silence(self, now_ns: int, connection: pykka.ActorRef[Any]) -> None:
         topics = self.keeper.topics
         seen = self.topic_seen_ns
         for topic, last in seen.items():
@@ -147,7 +148,7 @@ class BookActor(RecorderActor):
                 self.silent_resubscribes += 1
                 log.warning("topic silent; resubscribing", extra={"fields": {
                     "topic": topic, "silent_s": round((now_ns - last) / 1e9, 1)}})
-                self.connection.tell(Resubscribe(topic, "silent"))  # type: ignore[union-attr]
+                connection.tell(Resubscribe(topic, "silent"))
 
     def _apply(self, batch: ParsedBatch) -> None:
         keeper = self.keeper
@@ -156,11 +157,11 @@ class BookActor(RecorderActor):
         on_update = keeper.on_update
         for item in batch.items:
             if item.__class__ is BookUpdate:
-                row = on_update(item)  # type: ignore[arg-type]
+                row = on_update(item)
                 if row is not None:
                     rows.append(row)
             else:
-                keeper.on_reject(item)  # type: ignore[arg-type]
+                keeper.on_reject(item)  # type: ignore[arg-type]  # not a BookUpdate, so a RejectedFrame
         if keeper.gap_events or keeper.resync_requests or keeper.resets:
             self._collect_events()
         if was_empty and rows:
@@ -241,7 +242,7 @@ class BookActor(RecorderActor):
 
     def status(self) -> dict[str, object]:
         link = self.link
-        return {**self.base_status("backpressured" if self.backpressured else "running"),
+        return {**self.base_status(ActorState.BACKPRESSURED if self.backpressured else ActorState.RUNNING),
                 "topics": self.keeper.snapshot_stats(),
                 "rows_sent": self.rows_sent, "rows_shed": self.rows_shed, "batches_sent": self.batches_sent,
                 "rows_buffered": len(self.rows), "silent_resubscribes": self.silent_resubscribes,

@@ -25,6 +25,7 @@ from l2rec.messages.frames import RawFrames, SessionEnded, SessionStarted
 from l2rec.runtime.config import RecorderConfig
 from l2rec.runtime.faults import Faults
 from l2rec.supervision.backoff import Backoff
+from l2rec.supervision.states import ActorState
 from l2rec.venue.protocol import ReplyKind, ping_request, subscribe_requests
 from l2rec.venue.ws_frames import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameParser, FrameTooLarge
 
@@ -232,7 +233,7 @@ class ConnectionActor(RecorderActor):
             self.parser.tell(SessionEnded(self.session_id, "shutdown", time.time_ns(), True))
 
     def status(self) -> dict[str, object]:
-        return {**self.stats, **self.base_status("stopping" if self.stopping else "running"),
+        return {**self.stats, **self.base_status(ActorState.STOPPING if self.stopping else ActorState.RUNNING),
                 "session": self.session_id, "connected": self.ws is not None,
                 "consecutive_failures": self.failures, "last_error": self.last_error,
                 "url": self.cfg.url, "topics": len(self.topics)}
@@ -257,6 +258,9 @@ def _read_loop(ws: websocket.WebSocket, session_id: int, parser: pykka.ActorRef[
     graceful = False
     tell = parser.tell
     sock = ws.sock
+    if sock is None:  # closed between the handshake and this thread's start
+        tell_quietly(owner, ReaderExited(session_id, "socket closed before reading", False))
+        return
     recv = sock.recv
     frames = FrameParser(max_frame_bytes)
     clock = time.time_ns

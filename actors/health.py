@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Any, cast
 
 import orjson
 import psutil
@@ -71,8 +72,9 @@ class HealthActor(RecorderActor):
         queues: dict[str, object] = {}
         for key, st in sorted(self.latest.items()):
             stats = dict(st.stats)
-            if "topics" in stats and isinstance(stats["topics"], dict):
-                for topic, ts in stats.pop("topics").items():  # type: ignore[union-attr]
+            topic_stats = stats.pop("topics", None)
+            if isinstance(topic_stats, dict):
+                for topic, ts in topic_stats.items():
                     t = dict(ts)
                     recv = t.get("last_recv_ns")
                     t["age_s"] = round((now - recv) / 1e9, 3) if isinstance(recv, int) else None
@@ -104,10 +106,11 @@ class HealthActor(RecorderActor):
         with open(tmp, "wb") as fh:
             fh.write(orjson.dumps(dump, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str))
         os.replace(tmp, req.path)  # readers never see a half-written dump
-        topics = dump["topics"]
-        rows = sum(int(t.get("rows", 0)) for t in topics.values())  # type: ignore[union-attr]
-        synced = sum(1 for t in topics.values() if t.get("synced"))  # type: ignore[union-attr]
-        summary = (f"health dump written to {req.path}: {len(dump['processes'])} processes, "  # type: ignore[arg-type]
-                   f"{synced}/{len(topics)} topics in sync, {rows} rows")  # type: ignore[arg-type]
+        topics = cast(dict[str, dict[str, Any]], dump["topics"])  # build() made it so
+        processes = cast(dict[str, object], dump["processes"])
+        rows = sum(int(t.get("rows", 0)) for t in topics.values())
+        synced = sum(1 for t in topics.values() if t.get("synced"))
+        summary = (f"health dump written to {req.path}: {len(processes)} processes, "
+                   f"{synced}/{len(topics)} topics in sync, {rows} rows")
         log.info(summary, extra={"fields": {"reason": req.reason}})
         return summary

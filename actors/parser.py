@@ -14,6 +14,7 @@ from l2rec.messages.control import ServerReply, Tick
 from l2rec.messages.frames import EndOfStream, RawFrames, SessionEnded, SessionStarted
 from l2rec.runtime.faults import Faults
 from l2rec.runtime.logs import RateLimited
+from l2rec.supervision.states import ActorState
 from l2rec.venue.protocol import BOOK, OTHER_TOPIC, REJECT, REPLY, Reply, classify
 
 log = logging.getLogger("actors.parser")
@@ -74,7 +75,7 @@ class ParserActor(RecorderActor):
         for recv_ns, payload in msg.frames:
             kind, obj = classify(payload, recv_ns)
             if kind is BOOK:
-                upd: BookUpdate = obj  # type: ignore[assignment]
+                upd: BookUpdate = obj  # type: ignore[assignment]  # classify pairs BOOK with a BookUpdate
                 if topics is not None and upd.topic not in topics:
                     counts["reject:unknown_topic"] = counts.get("reject:unknown_topic", 0) + 1
                     continue
@@ -84,7 +85,7 @@ class ParserActor(RecorderActor):
                     continue
                 items.append(upd)
             elif kind is REJECT:
-                rej: RejectedFrame = obj  # type: ignore[assignment]
+                rej: RejectedFrame = obj  # type: ignore[assignment]  # ... REJECT with a RejectedFrame
                 key = "reject:" + rej.reason
                 counts[key] = counts.get(key, 0) + 1
                 if rej.topic is not None and (topics is None or rej.topic in topics):
@@ -94,7 +95,7 @@ class ParserActor(RecorderActor):
                     log.warning("frame rejected", extra={"fields": {
                         "reason": rej.reason, "topic": rej.topic, "suppressed_since_last": suppressed}})
             elif kind is REPLY:
-                self._reply(obj, recv_ns)  # type: ignore[arg-type]
+                self._reply(obj, recv_ns)  # type: ignore[arg-type]  # ... REPLY with a Reply
             elif kind is OTHER_TOPIC:
                 counts["other_topic"] += 1
         counts["frames"] += len(msg.frames)
@@ -130,7 +131,7 @@ class ParserActor(RecorderActor):
         # frames = book + reply + other_topic + filtered + every reject reason, always
         accounted = c["book"] + c["reply"] + c["other_topic"] + c["filtered"] + sum(
             v for k, v in c.items() if k.startswith("reject:"))
-        return {**self.base_status("running"), "batches_out": self.batches_out, **c,
+        return {**self.base_status(ActorState.RUNNING), "batches_out": self.batches_out, **c,
                 "unaccounted": c["frames"] - accounted}
 
     def on_stop(self) -> None:

@@ -24,6 +24,7 @@ from l2rec.runtime.logs import RateLimited
 from l2rec.storage.schema import COL
 from l2rec.storage.sqlite import Store, is_transient
 from l2rec.supervision.backoff import Backoff
+from l2rec.supervision.states import ActorState
 
 log = logging.getLogger("actors.writer")
 
@@ -100,7 +101,7 @@ class WriterActor(RecorderActor):
             for row in rows:
                 recv = row[_RECV]
                 if recv is not None:
-                    lat.append((now - recv) / 1e6)  # type: ignore[operator]
+                    lat.append((now - recv) / 1e6)  # type: ignore[operator]  # recv_time_ns is an int when set
             for wb in group:
                 self.backlog.popleft()
                 self.inflight.release()
@@ -129,7 +130,8 @@ class WriterActor(RecorderActor):
         lat = sorted(self.latency_ms)
         pct = {f"p{int(q * 100)}": round(lat[min(len(lat) - 1, int(q * len(lat)))], 3)
                for q in (0.5, 0.9, 0.99)} if lat else {}
-        return {**self.base_status("retrying" if self.failures else "running"), "backlog_batches": len(self.backlog),
+        return {**self.base_status(ActorState.RETRYING if self.failures else ActorState.RUNNING),
+                "backlog_batches": len(self.backlog),
                 "rows_committed": s.rows_inserted, "rows_offered": s.rows_offered,
                 "batches": self.batches_committed, "transactions": s.batches,
                 "gaps_written": self.gaps_written, "last_commit_ms": round(s.last_commit_s * 1000, 3),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from l2rec.book.orderbook import OrderBook
 from l2rec.book.rows import IsoMillis, make_row
@@ -30,14 +31,29 @@ _DEPTH = COL["depth"]
 _SYMBOL = COL["symbol"]
 
 # Gap reasons (stable names, stored in l2_gaps.reason).
-GAP_U_JUMP = "u_jump"
-GAP_NO_SNAPSHOT = "delta_before_snapshot"
-GAP_CROSSED = "crossed_book"
-GAP_REJECTED = "rejected_frame"
-GAP_RESTART_DELTA = "restart_delta"
-GAP_DISCONNECT = "disconnect"
-GAP_RESTART = "shard_restart"
-GAP_BACKPRESSURE = "backpressure"
+
+
+class GapReason(StrEnum):
+    """Why a topic lost sync: the ``reason`` column of ``l2_gaps``."""
+
+    U_JUMP = "u_jump"  # a delta's u is not last_u + 1
+    NO_SNAPSHOT = "delta_before_snapshot"  # a delta before any snapshot of this session
+    CROSSED = "crossed_book"  # best bid >= best ask after applying a frame
+    REJECTED = "rejected_frame"  # a frame of the topic failed validation: an update was missed
+    RESTART_DELTA = "restart_delta"  # u = 1 as a delta: Bybit restarted without a fresh snapshot
+    DISCONNECT = "disconnect"  # the websocket session ended
+    SHARD_RESTART = "shard_restart"  # the shard process died and was restarted
+    BACKPRESSURE = "backpressure"  # the writer link was full: rows were shed
+
+
+GAP_U_JUMP = GapReason.U_JUMP
+GAP_NO_SNAPSHOT = GapReason.NO_SNAPSHOT
+GAP_CROSSED = GapReason.CROSSED
+GAP_REJECTED = GapReason.REJECTED
+GAP_RESTART_DELTA = GapReason.RESTART_DELTA
+GAP_DISCONNECT = GapReason.DISCONNECT
+GAP_RESTART = GapReason.SHARD_RESTART
+GAP_BACKPRESSURE = GapReason.BACKPRESSURE
 
 
 @dataclass(slots=True)
@@ -116,13 +132,13 @@ class BookKeeper:
                     st.in_gap += 1
                 return None
             last = st.last_u
-            if upd.u != last + 1:  # type: ignore[operator]
+            if upd.u != last + 1:  # type: ignore[operator]  # a synced topic always has its last_u
                 if upd.u == last and upd.depth == 1:
                     pass  # the documented orderbook.1 re-push of an unchanged book
                 elif upd.u == 1:
                     self._open_gap(st, GAP_RESTART_DELTA, last, upd.u)
                     return None
-                elif upd.u > last:  # type: ignore[operator]
+                elif upd.u > last:  # type: ignore[operator]  # as above
                     self._open_gap(st, GAP_U_JUMP, last, upd.u)
                     return None
                 else:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from l2rec.messages.book import Level
+
+if TYPE_CHECKING:
+    from l2rec.book.rows import SideColumns
 
 
 class OrderBook:
@@ -18,7 +22,7 @@ class OrderBook:
 
     ``bid_top_dirty``/``ask_top_dirty`` say whether a side's best ``top_n`` levels may have changed since
     the features last read them: most deltas touch deeper levels only, and then the previous row's level
-    columns and sums are still right (``bid_cache``/``ask_cache`` hold them for ``features.make_row``).
+    columns and sums are still right (``bid_cache``/``ask_cache`` hold them for ``rows.make_row``).
     """
 
     __slots__ = ("ask_cache", "ask_px", "ask_top_dirty", "asks", "bid_cache", "bid_px", "bid_top_dirty", "bids",
@@ -32,8 +36,8 @@ class OrderBook:
         self.ask_px: list[float] = []  # ascending; best ask is the first
         self.bid_top_dirty = True
         self.ask_top_dirty = True
-        self.bid_cache: object = None
-        self.ask_cache: object = None
+        self.bid_cache: SideColumns | None = None
+        self.ask_cache: SideColumns | None = None
 
     def replace(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
         """Load a snapshot: the book becomes exactly these levels (zero sizes skipped)."""

@@ -42,8 +42,16 @@ class IsoMillis:
         return self._prefix + _MS_SUFFIX[ms]
 
 
-def _side(px: list[float], levels: dict[float, float], best_first: bool, n: int) -> tuple[object, ...]:
-    """(level columns, n-level size sum, n-level size-weighted price, best price, best size, count)."""
+# A side's part of the row, kept on the book between rows: (level columns, size sum, weighted price,
+# best price, best size, level count).
+SideColumns = tuple[list[object], float, "float | None", float, float, int]
+
+
+def _side(px: list[float], levels: dict[float, float], best_first: bool, n: int) -> SideColumns:
+    """(level columns, n-level size sum, n-level size-weighted price, best price, best size, count).
+
+    An empty side's best price and size are 0.0: never used, since features that need both sides are
+    made only when both have levels (a float keeps the row maths free of None checks)."""
     p = px[:-N_LEVELS - 1:-1] if best_first else px[:N_LEVELS]
     sz = list(map(levels.__getitem__, p))
     k = len(p)
@@ -54,7 +62,7 @@ def _side(px: list[float], levels: dict[float, float], best_first: bool, n: int)
         p, sz = p[:n], sz[:n]
     total = sum(sz)
     weighted = sum(map(mul, p, sz)) / total if total else None
-    return cols, float(total), weighted, (p[0] if k else None), (sz[0] if k else None), k
+    return cols, float(total), weighted, (p[0] if k else 0.0), (sz[0] if k else 0.0), k
 
 
 def make_row(
@@ -76,9 +84,13 @@ def make_row(
     if book.ask_top_dirty or book.ask_cache is None:
         book.ask_cache = _side(book.ask_px, book.asks, False, n)
         book.ask_top_dirty = False
-    bid_cols, tbv, wbp, b1, bs1, nb = book.bid_cache  # type: ignore[misc]
-    ask_cols, tav, wap, a1, as1, na = book.ask_cache  # type: ignore[misc]
-    mid = spread = spread_bps = micro = imb = None
+    bid_cols, tbv, wbp, b1, bs1, nb = book.bid_cache
+    ask_cols, tav, wap, a1, as1, na = book.ask_cache
+    mid: float | None = None
+    spread: float | None = None
+    spread_bps: float | None = None
+    micro: float | None = None
+    imb: float | None = None
     if nb and na:
         mid = (b1 + a1) / 2
         spread = a1 - b1

@@ -120,7 +120,7 @@ class ShardChild(Child):
 
     def process_args(self, ctx: SpawnContext, ctl: Connection,
                      uplink: Connection) -> tuple[Callable[..., None], tuple[Any, ...]]:
-        self.retry_after = ctx.Value("d", 0.0, lock=False)  # type: ignore[assignment]  # a lock-free Value is a plain Synchronized-like object
+        self.retry_after = ctx.Value("d", 0.0, lock=False)
         spec = ShardSpec(self.cfg, self.shard_id, self.topics, self.writer_address, self.policy.restarts,
                          (self.shard_id, self.shard_count))
         return run_shard, (spec, ctl, uplink, self.retry_after)

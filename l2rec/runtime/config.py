@@ -129,10 +129,10 @@ def _as_int(key: str, v: object, lo: int, hi: int) -> int:
 
 
 def _as_float(key: str, v: object, lo: float, hi: float) -> float:
-    if isinstance(v, bool):
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
         raise ConfigError(key, v, f"must be a number of seconds from {lo} to {hi}")
     try:
-        x = float(v)  # type: ignore[arg-type]
+        x = float(v)
     except (TypeError, ValueError):
         raise ConfigError(key, v, f"must be a number of seconds from {lo} to {hi}") from None
     if not lo <= x <= hi:  # also rejects nan
@@ -152,7 +152,12 @@ def _as_bool(key: str, v: object) -> bool:
 
 
 def _as_symbols(key: str, v: object) -> tuple[str, ...]:
-    items = [p.strip() for p in v.split(",")] if isinstance(v, str) else list(v)  # type: ignore[call-overload]
+    if isinstance(v, str):
+        items: list[object] = [p.strip() for p in v.split(",")]
+    elif isinstance(v, list | tuple):
+        items = list(v)
+    else:
+        raise ConfigError(key, v, "must be a list of symbols or a comma-separated string")
     out: list[str] = []
     for s in items:
         if not isinstance(s, str) or not s:

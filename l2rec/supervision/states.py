@@ -45,3 +45,12 @@ class Action(StrEnum):
     RESTART = "restart"  # at ``Decision.restart_at``
     NONE = "none"  # the child is finished (transient after a normal exit, temporary)
     ESCALATE = "escalate"  # stop the whole tree and exit 75: the service manager takes over
+
+
+class ActorState(StrEnum):
+    """An actor's ``state`` in the health dump."""
+
+    RUNNING = "running"
+    STOPPING = "stopping"  # the connection is closing its socket
+    BACKPRESSURED = "backpressured"  # the book actor sheds rows: its writer link is full
+    RETRYING = "retrying"  # the writer retries a batch the database refused (locked, full)

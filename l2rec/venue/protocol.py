@@ -99,7 +99,7 @@ def parse_levels(raw: object) -> tuple[Level, ...]:
     prices = _PRICES
     sizes = _SIZES
     try:
-        for lvl in raw:  # type: ignore[attr-defined]
+        for lvl in raw:
             p = lvl[0]
             s = lvl[1]
             fp = prices.get(p)
@@ -140,7 +140,7 @@ def split_topic(topic: str) -> tuple[int, str] | None:
 
 def _int_field(v: object) -> int:
     if v.__class__ is int:
-        return v  # type: ignore[return-value]
+        return v
     raise _Bad(R_BAD_FIELDS)
 
 
@@ -198,7 +198,7 @@ def classify(payload: str | bytes, recv_ns: int | None) -> tuple[FrameKind, obje
     return BOOK, _new_update((topic, symbol, depth, is_snapshot, u, seq, ts, cts, recv_ns, bids, asks))
 
 
-def _reply(msg: dict[str, object], recv_ns: int | None) -> tuple[str, object]:
+def _reply(msg: dict[str, object], recv_ns: int | None) -> tuple[FrameKind, object]:
     op = msg.get("op")
     ret_msg = msg.get("ret_msg")
     success = msg.get("success")
