@@ -22,7 +22,7 @@ from l2rec.runtime.config import RecorderConfig
 from l2rec.runtime.faults import Faults
 from l2rec.runtime.logs import RateLimited
 from l2rec.storage.schema import COL
-from l2rec.storage.sqlite import Store, is_transient
+from l2rec.storage.sink import Sink, open_sink
 from l2rec.supervision.backoff import Backoff
 from l2rec.supervision.states import ActorState
 
@@ -41,8 +41,7 @@ class WriterActor(RecorderActor):
     def __init__(self, cfg: RecorderConfig, inflight: threading.Semaphore, reporter: Reporter,
                  faults: Faults) -> None:
         super().__init__(reporter, faults)
-        self.store = Store(cfg.db_path, cfg.table_name, busy_timeout_s=cfg.db_busy_timeout_s,
-                           max_pages=cfg.db_max_pages)
+        self.store: Sink = open_sink(cfg)
         self.inflight = inflight
         self.gaps_written = 0
         self.batches_committed = 0
@@ -88,7 +87,7 @@ class WriterActor(RecorderActor):
                 store.write(rows, chain.from_iterable(b.gaps for b in batches),
                             chain.from_iterable(b.sessions for b in batches))
             except Exception as exc:
-                if not is_transient(exc):
+                if not store.is_transient(exc):
                     raise
                 self._schedule_retry(exc)
                 return
@@ -137,8 +136,7 @@ class WriterActor(RecorderActor):
                 "gaps_written": self.gaps_written, "last_commit_ms": round(s.last_commit_s * 1000, 3),
                 "recv_to_commit_ms": {**pct, "max": round(lat[-1], 3) if lat else None, "samples": len(lat)},
                 "failed_attempts": self.failures, "last_error": self.last_error,
-                "db_path": s.path, "table": s.table,
-                "wal": s.checkpointer.status()}
+                "db_path": s.path, "table": s.table, **s.status()}
 
     def on_stop(self) -> None:
         if self.backlog:

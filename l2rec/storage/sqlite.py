@@ -198,7 +198,8 @@ def insert_sql(table: str) -> str:
 
 
 class Store:
-    """The writer's handle on the database; counts what it committed."""
+    """The SQLite sink (:class:`l2rec.storage.sink.Sink`): the writer's handle on the database; counts what
+    it committed."""
 
     def __init__(self, path: str, table: str, *, busy_timeout_s: float = 1.0, max_pages: int = 0,
                  wal_restart_pages: int = WAL_RESTART_PAGES) -> None:
@@ -273,6 +274,14 @@ class Store:
              None if s.ended_ns is None else iso(s.ended_ns // 1_000_000), s.ended_ns, s.reason,
              None if s.graceful is None else int(s.graceful)),
         )
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """``database is locked`` or full: retry the same batch."""
+        return is_transient(exc)
+
+    def status(self) -> dict[str, object]:
+        """The WAL checkpointer's figures."""
+        return {"wal": self.checkpointer.status()}
 
     def close(self) -> None:
         self.checkpointer.close()

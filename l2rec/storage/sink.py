@@ -1,0 +1,59 @@
+"""The interface every sink implements: the one thing the writer actor knows of where rows go.
+
+Today's sink is SQLite (:class:`l2rec.storage.sqlite.Store`); a Parquet archive and PostgreSQL plug in
+here. The contract the rest of the recorder relies on:
+
+- ``write`` commits the rows, gap records and session records of one group of batches in ONE
+  transaction, or raises; the writer acknowledges the batches to the shards only after it returned, so a
+  batch is never lost between a shard and the sink;
+- a row already present (same natural key) is skipped, never doubled: batches are resent after a writer
+  restart, and replays may run twice;
+- ``is_transient`` says which errors go away by themselves (a lock released, disk space freed, a server
+  back): the writer keeps the batch at the head of its backlog and retries it with backoff, and no later
+  batch overtakes it; any other error fails the writer process (the supervisor restarts it);
+- the counters are cumulative over the sink's life, for the health dump.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from l2rec.messages.writer import GapRecord, SessionRecord
+from l2rec.runtime.config import RecorderConfig
+
+
+class Sink(Protocol):
+    """Where committed rows go (see the module docstring for the contract)."""
+
+    path: str  # where it writes, safe to show (a file path; a URL without its password)
+    table: str
+    rows_offered: int  # rows handed to write()
+    rows_inserted: int  # rows that were new (the rest were already present)
+    batches: int  # transactions committed
+    last_commit_s: float
+
+    def write(self, rows: Sequence[Sequence[object]], gaps: Iterable[GapRecord] = (),
+              sessions: Iterable[SessionRecord] = ()) -> int:
+        """Commit everything in one transaction; returns the rows actually inserted."""
+        ...
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` from ``write`` is worth retrying with the same batch."""
+        ...
+
+    def status(self) -> dict[str, object]:
+        """Sink-specific figures for the writer's part of the health dump."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release everything; the sink is not used again."""
+        ...
+
+
+def open_sink(cfg: RecorderConfig) -> Sink:
+    """The sink ``cfg.db_path`` names, opened and its tables checked (and migrated: columns are added,
+    never dropped). Raises on a database that cannot be opened or used."""
+    from l2rec.storage.sqlite import Store  # the only sink so far
+
+    return Store(cfg.db_path, cfg.table_name, busy_timeout_s=cfg.db_busy_timeout_s, max_pages=cfg.db_max_pages)
