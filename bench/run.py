@@ -40,8 +40,8 @@ if str(ROOT) not in sys.path:
 
 from bench import make_stream  # noqa: E402
 from l2rec.storage.schema import ROW_COLUMNS  # noqa: E402
+from tests.helpers import GAPS_TABLE, TABLE, clean_env, count_rows, supervisor_cmd  # noqa: E402
 
-TABLE = "l2_training_data_practical"
 POLL_S = 0.05
 TARGET_FPS = 150_000
 TARGET_RATIO = 2.5
@@ -51,15 +51,6 @@ TARGET_LIVE_RSS_MB = 300.0
 TARGET_DRIFT = 0.05
 MACHINE_NOTE = (f"machine: {os.cpu_count()} cores, shared with other jobs (load average at start "
                 f"{os.getloadavg()[0]:.2f}); figures are noisy, compare medians and look at min/max.")
-
-
-def clean_env() -> dict[str, str]:
-    """The recorder's defaults: no L2REC_* variable of the caller leaks into a run."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("L2REC_")}
-
-
-def supervisor_cmd(*args: str) -> list[str]:
-    return [sys.executable, str(ROOT / "supervisor.py"), *args]
 
 
 # ------------------------------------------------------------------------------------ process tree watching
@@ -220,14 +211,19 @@ def run_replay(stream: Path, workdir: Path, frames: int) -> ReplayRun:
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     started = [_log_time(ln) for ln in err_path.read_text(errors="replace").splitlines() if "shard started" in ln]
     startup = max(t for t in started if t is not None) - t_exec if started and all(started) else None
-    rows = gaps = -1
-    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(db)) as c:
-        rows = c.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0]
-        gaps = c.execute("SELECT COUNT(*) FROM l2_gaps").fetchone()[0]
+    rows, gaps = _counts(db)
     if code != 0:
         print(f"  ! supervisor exited {code}; stderr tail:\n" + "\n".join(
             err_path.read_text(errors="replace").splitlines()[-10:]), file=sys.stderr)
     return ReplayRun(frames, wall, cpu, startup, watcher.named(), rows, gaps, code, db)
+
+
+def _counts(db: Path) -> tuple[int, int]:
+    """(rows, gap records) in the recorder's database ``db``; -1 for a table that cannot be read."""
+    rows = gaps = None
+    with contextlib.suppress(sqlite3.Error):
+        rows, gaps = count_rows(db), count_rows(db, GAPS_TABLE)
+    return -1 if rows is None else rows, -1 if gaps is None else gaps
 
 
 def run_cryptofeed(stream: Path) -> dict[str, Any]:
@@ -785,9 +781,7 @@ def live_part(args: argparse.Namespace) -> None:
         err.close()
     if profile is not None:
         profile.finish()
-    with contextlib.closing(sqlite3.connect(db)) as c:
-        rows_total = c.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0]
-        gaps = c.execute("SELECT COUNT(*) FROM l2_gaps").fetchone()[0]
+    rows_total, gaps = _counts(db)
     log_lines = (work / "stderr.txt").read_text(errors="replace").splitlines()
     started = [_log_time(ln) for ln in log_lines if "shard started" in ln]
     startup = max(t for t in started if t is not None) - t_exec if started and all(started) else None

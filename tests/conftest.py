@@ -1,45 +1,20 @@
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "tests" / "data"
+try:
+    from tests.fakes.bybit_server import FakeBybit
+    from tests.helpers import DATA, ROOT, clean_env, run_supervisor, supervisor_cmd, wait_for
+except ModuleNotFoundError:  # plain `pytest`: tests/ is on sys.path (no __init__.py), the repo root is not
+    from fakes.bybit_server import FakeBybit  # type: ignore[no-redef]
+    from helpers import DATA, ROOT, clean_env, run_supervisor, supervisor_cmd, wait_for  # type: ignore[no-redef]
 
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> object:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def supervisor_cmd(*args: str) -> list[str]:
-    return [sys.executable, str(ROOT / "supervisor.py"), *args]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("L2REC_")}
-    env.update(extra)
-    return env
-
-
-def run_supervisor(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
-                   cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(supervisor_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                          env=env or clean_env(), cwd=cwd or ROOT)
+# Imported from here by tests written before tests/helpers.py existed; new code imports tests.helpers.
+__all__ = ["DATA", "ROOT", "clean_env", "run_supervisor", "supervisor_cmd", "wait_for"]
 
 
 @pytest.fixture
@@ -49,3 +24,10 @@ def data_copy(tmp_path: Path) -> Callable[[str], Path]:
         shutil.copy(DATA / name, dst)
         return dst
     return copy
+
+
+@pytest.fixture
+def server() -> Iterator[FakeBybit]:
+    """A fake Bybit server for the tests of the fake itself (the end-to-end modules define their own)."""
+    with FakeBybit(symbols=["BTCUSDT", "ETHUSDT"], interval_ms=2) as srv:
+        yield srv

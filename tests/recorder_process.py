@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 from pathlib import Path
 
-from tests.conftest import ROOT, clean_env, supervisor_cmd, wait_for
-
-TABLE = "l2_training_data_practical"
+from tests.helpers import ROOT, TABLE, clean_env, query, supervisor_cmd, wait_for
 
 Key = tuple[str, int, int]
 
@@ -76,13 +73,7 @@ class RecorderProcess:
         return [r for r in self.logs() if r.get("event") == event]
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        if not self.db.exists():
-            return []
-        with sqlite3.connect(self.db, timeout=30) as c:
-            try:
-                return c.execute(sql, args).fetchall()
-            except sqlite3.OperationalError:
-                return []  # table not created yet
+        return query(self.db, sql, args)
 
     def row_keys(self) -> set[Key]:
         return set(self.query(f"SELECT symbol, sequence, exchange_timestamp FROM {TABLE}"))

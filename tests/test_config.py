@@ -10,7 +10,7 @@ import pytest
 from l2rec.cli import load_config, parse_args
 from l2rec.runtime.config import ConfigError, build_config, from_env, load_toml
 from l2rec.venue.endpoints import public_ws_url
-from tests.conftest import DATA, clean_env, run_supervisor
+from tests.helpers import DATA, clean_env, run_supervisor
 
 
 def cfg_from(argv: list[str], env: dict[str, str] | None = None):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.fakes.bybit_server import FakeBybit, Fault
+from tests.helpers import wait_for
 from tests.recorder_process import TABLE, RecorderProcess
 from tests.reference import RefRecorder, diff_row
 

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, clean_env, run_supervisor
+from tests.helpers import DATA, TABLE, clean_env, run_supervisor
 
 NAUTILUS = "nautilus_trader__2024-12-01_XRPUSDT_ob500.data"
 FASTMM = "FastMM__raw_md_stream.jsonl"
 TICKVAULT = "tickvault__bybit_orderbook.jsonl"
-TABLE = "l2_training_data_practical"
 
 
 def rows(db: Path, sql: str = f"SELECT COUNT(*) FROM {TABLE}") -> list[tuple]:

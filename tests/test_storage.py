@@ -8,7 +8,7 @@ from pathlib import Path
 from l2rec.messages.writer import GapRecord
 from l2rec.storage.schema import ADDED_COLUMNS, NATURAL_KEY, ROW_COLUMNS, SEED_COLUMNS, table_ddl
 from l2rec.storage.sqlite import Store
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 TABLE = "l2_training_data_practical"
 

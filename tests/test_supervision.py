@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import wait_for
 from tests.fakes.bybit_server import FakeBybit
+from tests.helpers import wait_for
 from tests.recorder_process import TABLE, RecorderProcess, frame_keys
 
 # Small, fast policy figures for tests (the defaults are minutes, not milliseconds).
