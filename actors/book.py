@@ -54,6 +54,7 @@ class BookActor(RecorderActor):
         end_of_stream: threading.Event,
         reporter: Reporter,
         faults: Faults,
+        topics: tuple[str, ...] = (),
         restarted_topics: tuple[str, ...] = (),
     ) -> None:
         super().__init__(reporter, faults)
@@ -68,6 +69,7 @@ class BookActor(RecorderActor):
             data_source="replay" if cfg.replay else "live_trading",
             feature_levels=cfg.feature_levels,
         )
+        self.keeper.configure(topics)
         if restarted_topics:
             self.keeper.on_process_restart(restarted_topics)
         self.rows: list[tuple[object, ...]] = []

@@ -22,16 +22,18 @@ import websocket
 from l2rec.actors.base import RecorderActor, Reporter, handles, tell_later, tell_quietly
 from l2rec.messages.control import Begin, ReaderExited, Reconnect, Resubscribe, ServerReply, Tick
 from l2rec.messages.frames import RawFrames, SessionEnded, SessionStarted
-from l2rec.runtime.config import RecorderConfig
+from l2rec.runtime.config import EX_CONFIG, RecorderConfig
 from l2rec.runtime.faults import Faults
 from l2rec.supervision.backoff import Backoff
 from l2rec.supervision.states import ActorState
 from l2rec.venue.protocol import ReplyKind, ping_request, subscribe_requests
+from l2rec.venue.refusals import PROBE_PREFIX, RefusalTracker
 from l2rec.venue.ws_frames import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameParser, FrameTooLarge
 
 log = logging.getLogger("actors.connection")
 
 _RECV_BYTES = 256 * 1024
+UNREACHABLE_AFTER = 3  # failed first connects before the one WARNING that says how to work offline
 
 
 class ConnectionActor(RecorderActor):
@@ -52,6 +54,7 @@ class ConnectionActor(RecorderActor):
         self.reader: threading.Thread | None = None
         self.session_id = 0
         self.backoff = Backoff(cfg.reconnect_delay, cfg.reconnect_delay_max_s)
+        self.refusals = RefusalTracker(topics)
         self.failures = 0
         self.stopping = False
         self.next_ping_ns = 0
@@ -107,6 +110,12 @@ class ConnectionActor(RecorderActor):
                 self.stopping = True
                 self.on_fatal(f"HTTP 429 on the websocket handshake: {url}", _retry_after_s(exc))
                 return
+            if self.stats["connect_failures"] == UNREACHABLE_AFTER and not self.stats["sessions"]:
+                log.warning(f"cannot reach {url} ({UNREACHABLE_AFTER} attempts failed; last: {exc}); still "
+                            "trying. Without internet, replay a recording (--replay FILE, e.g. tests/data/"
+                            "nautilus_trader__2024-12-01_XRPUSDT_ob500.data) or point --ws-url at a local "
+                            "server (README: 'Try it without internet')",
+                            extra={"fields": {"shard": self.shard_id, "url": url}})
             self._schedule_reconnect(attempt, self.last_error)
             return
         # We ping every ping_interval_s; nothing at all (no data, no pong) for one interval plus the pong
@@ -199,6 +208,29 @@ class ConnectionActor(RecorderActor):
             self.failures = 0
         elif not reply.ok:
             self.stats["refusals"] += 1  # the parser logged it, with the topic it names
+        if not reply.ok or self.refusals.is_probe(reply.req_id):
+            self._audit(reply)
+
+    def _audit(self, reply: ServerReply) -> None:
+        """Probe what a refusal left unknown; fail the shard with exit 78 once every topic is refused."""
+        refusals = self.refusals
+        ws = self.ws
+        for topic in refusals.on_reply(self.session_id, reply.ok, reply.req_id, reply.topic, reply.message):
+            if ws is None:
+                break
+            for req_id, req in subscribe_requests("subscribe", (topic,), 1,
+                                                  f"{PROBE_PREFIX}{self.shard_id}.{self.session_id}.{topic}"):
+                refusals.probe_sent(req_id, topic)
+                try:
+                    ws.send(req)
+                except Exception as exc:
+                    ws.shutdown()  # the reader reports the session's end; the next one subscribes afresh
+                    self.last_error = f"probe: {exc!r}"
+                    return
+        if refusals.all_refused:
+            self.stopping = True
+            why = "; ".join(f"{t}: {m}" for t, m in sorted(refusals.refused.items()))
+            self.on_fatal(f"Bybit refused every topic of this connection: {why}", exit_code=EX_CONFIG)
 
     def _resubscribe(self, topic: str) -> None:
         ws = self.ws
@@ -236,7 +268,7 @@ class ConnectionActor(RecorderActor):
         return {**self.stats, **self.base_status(ActorState.STOPPING if self.stopping else ActorState.RUNNING),
                 "session": self.session_id, "connected": self.ws is not None,
                 "consecutive_failures": self.failures, "last_error": self.last_error,
-                "url": self.cfg.url, "topics": len(self.topics)}
+                "url": self.cfg.url, "topics": len(self.topics), "topics_refused": sorted(self.refusals.refused)}
 
 
 def _retry_after_s(exc: websocket.WebSocketBadStatusException) -> float:

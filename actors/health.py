@@ -11,7 +11,8 @@ import orjson
 import psutil
 
 from l2rec.actors.base import RecorderActor, handles
-from l2rec.messages.health import ChildInfo, DumpHealth, Status, SupervisorState
+from l2rec.messages.health import ChildInfo, DumpHealth, Status, SupervisorState, TotalsRequest
+from l2rec.runtime.summary import RunTotals, add_topic_counters, run_totals
 from l2rec.supervision.states import Role
 
 log = logging.getLogger("actors.health")
@@ -26,6 +27,8 @@ class HealthActor(RecorderActor):
         super().__init__()
         self.started_ns = started_ns
         self.latest: dict[str, Status] = {}
+        # The last report of every earlier incarnation (a restarted process counts from zero again).
+        self.retired: list[tuple[str, Status]] = []
         self.children: dict[str, ChildInfo] = {}
         self.supervisor: SupervisorState | None = None
         self.procs: dict[int, psutil.Process] = {}
@@ -34,7 +37,14 @@ class HealthActor(RecorderActor):
     def _on_status(self, message: Status) -> None:
         key = f"{message.role}:{message.shard_id}:{message.actor}" if message.shard_id is not None \
             else f"{message.role}:{message.actor}"
+        previous = self.latest.get(key)
+        if previous is not None and previous.pid != message.pid:
+            self.retired.append((key, previous))
         self.latest[key] = message
+
+    @handles(TotalsRequest)
+    def _on_totals(self, _message: TotalsRequest) -> RunTotals:
+        return run_totals([*(st for _, st in self.retired), *self.latest.values()])
 
     @handles(ChildInfo)
     def _on_child(self, message: ChildInfo) -> None:
@@ -74,6 +84,11 @@ class HealthActor(RecorderActor):
             stats = dict(st.stats)
             topic_stats = stats.pop("topics", None)
             if isinstance(topic_stats, dict):
+                topic_stats = {t: dict(v) for t, v in topic_stats.items()}
+                for old_key, old in self.retired:  # counters of this shard's earlier incarnations
+                    old_topics = old.stats.get("topics")
+                    if old_key == key and isinstance(old_topics, dict):
+                        add_topic_counters(topic_stats, old_topics)
                 for topic, ts in topic_stats.items():
                     t = dict(ts)
                     recv = t.get("last_recv_ns")
@@ -108,9 +123,11 @@ class HealthActor(RecorderActor):
         os.replace(tmp, req.path)  # readers never see a half-written dump
         topics = cast(dict[str, dict[str, Any]], dump["topics"])  # build() made it so
         processes = cast(dict[str, object], dump["processes"])
-        rows = sum(int(t.get("rows", 0)) for t in topics.values())
+        totals = run_totals([*(st for _, st in self.retired), *self.latest.values()])
         synced = sum(1 for t in topics.values() if t.get("synced"))
+        never = sum(1 for t in topics.values() if t.get("sessions") == 0 and not t.get("frames"))
         summary = (f"health dump written to {req.path}: {len(processes)} processes, "
-                   f"{synced}/{len(topics)} topics in sync, {rows} rows")
+                   f"{synced}/{len(topics)} topics in sync{f' ({never} never connected)' if never else ''}, "
+                   f"{totals.rows_written} rows written this run ({totals.rows_present} already present)")
         log.info(summary, extra={"fields": {"reason": req.reason}})
         return summary

@@ -16,6 +16,7 @@ from l2rec.runtime.faults import Faults
 from l2rec.runtime.logs import RateLimited
 from l2rec.supervision.states import ActorState
 from l2rec.venue.protocol import BOOK, OTHER_TOPIC, REJECT, REPLY, Reply, classify
+from l2rec.venue.refusals import ALREADY_SUBSCRIBED, PROBE_PREFIX
 
 log = logging.getLogger("actors.parser")
 
@@ -120,11 +121,14 @@ class ParserActor(RecorderActor):
         self.counts["reply"] += 1
         key = "reply:" + reply.kind
         self.counts[key] = self.counts.get(key, 0) + 1
+        topic = reply.topic
         if not reply.ok:
-            log.error("Bybit refused a request", extra={"fields": {
-                "ret_msg": reply.message, "topic": reply.topic, "req_id": reply.req_id, "op": reply.op}})
+            # A probe's "already subscribed" is the expected answer for a good topic (venue/refusals.py).
+            probe_ok = ALREADY_SUBSCRIBED in reply.message and (reply.req_id or "").startswith(PROBE_PREFIX)
+            log.log(logging.DEBUG if probe_ok else logging.ERROR, "Bybit refused a request", extra={"fields": {
+                "ret_msg": reply.message, "topic": topic, "req_id": reply.req_id, "op": reply.op}})
         if self.connection is not None:
-            self.connection.tell(ServerReply(reply.kind, reply.ok, reply.req_id, reply.message, recv_ns))
+            self.connection.tell(ServerReply(reply.kind, reply.ok, reply.req_id, reply.message, recv_ns, topic))
 
     def status(self) -> dict[str, object]:
         c = self.counts

@@ -18,11 +18,10 @@ from itertools import chain
 from l2rec.actors.base import RecorderActor, Reporter, handles, tell_later
 from l2rec.messages.control import Tick
 from l2rec.messages.writer import RetryWrites, WriteBatch, WriteGroup
-from l2rec.runtime.config import RecorderConfig
 from l2rec.runtime.faults import Faults
 from l2rec.runtime.logs import RateLimited
 from l2rec.storage.schema import COL
-from l2rec.storage.sink import Sink, open_sink
+from l2rec.storage.sink import Sink
 from l2rec.supervision.backoff import Backoff
 from l2rec.supervision.states import ActorState
 
@@ -33,15 +32,15 @@ MAX_GROUP_ROWS = 20_000
 
 
 class WriterActor(RecorderActor):
-    """Opens (and migrates) the database in ``__init__``, which runs in the starting thread, so a bad
-    path or schema fails ``start()`` loudly instead of killing the actor silently in ``on_start``."""
+    """Commits groups of batches into its sink and acknowledges each batch after the commit. The sink is
+    opened by the writer process before the actor starts (a bad database fails the process at once)."""
 
     name = "writer"
 
-    def __init__(self, cfg: RecorderConfig, inflight: threading.Semaphore, reporter: Reporter,
-                 faults: Faults) -> None:
+    def __init__(self, sink: Sink, inflight: threading.Semaphore, reporter: Reporter, faults: Faults) -> None:
         super().__init__(reporter, faults)
-        self.store: Sink = open_sink(cfg)
+        self.store = sink
+        self.rows_failed_logged = 0
         self.inflight = inflight
         self.gaps_written = 0
         self.batches_committed = 0
@@ -91,6 +90,8 @@ class WriterActor(RecorderActor):
                     raise
                 self._schedule_retry(exc)
                 return
+            if store.rows_failed != self.rows_failed_logged:
+                self._log_failed_rows()
             if self.failures:
                 log.warning("database writes resumed", extra={"fields": {
                     "failed_attempts": self.failures, "backlog_batches": len(self.backlog)}})
@@ -109,6 +110,15 @@ class WriterActor(RecorderActor):
                 # Only now may the shard forget the batch; a shard that died meanwhile needs no ack.
                 with contextlib.suppress(OSError, ValueError):
                     wb.reply.send(wb.batch.batch_no)
+
+    def _log_failed_rows(self, force: bool = False) -> None:
+        store = self.store
+        ok, suppressed = self.rate.allow("rows_failed")
+        if ok or force:
+            log.error("rows refused by the table: not stored", extra={"fields": {
+                "rows": store.rows_failed - self.rows_failed_logged, "rows_failed_total": store.rows_failed,
+                "error": store.last_row_error, "suppressed_since_last": suppressed}})
+            self.rows_failed_logged = store.rows_failed
 
     def _schedule_retry(self, exc: BaseException) -> None:
         self.failures += 1
@@ -132,6 +142,7 @@ class WriterActor(RecorderActor):
         return {**self.base_status(ActorState.RETRYING if self.failures else ActorState.RUNNING),
                 "backlog_batches": len(self.backlog),
                 "rows_committed": s.rows_inserted, "rows_offered": s.rows_offered,
+                "rows_failed": s.rows_failed, "last_row_error": s.last_row_error,
                 "batches": self.batches_committed, "transactions": s.batches,
                 "gaps_written": self.gaps_written, "last_commit_ms": round(s.last_commit_s * 1000, 3),
                 "recv_to_commit_ms": {**pct, "max": round(lat[-1], 3) if lat else None, "samples": len(lat)},
@@ -148,8 +159,11 @@ class WriterActor(RecorderActor):
                 log.critical("writer stopped with uncommitted batches", extra={"fields": {
                     "batches": len(self.backlog), "rows": sum(len(w.batch.rows) for w in self.backlog),
                     "error": self.last_error}})
+        if self.store.rows_failed != self.rows_failed_logged:
+            self._log_failed_rows(force=True)  # the last word on them, whatever was held back
         self.report(time.time_ns(), force=True)
         self.store.close()
         log.info("writer closed", extra={"fields": {"rows_committed": self.store.rows_inserted,
+                                                   "rows_failed": self.store.rows_failed,
                                                    "batches": self.batches_committed,
                                                    "transactions": self.store.batches}})

@@ -14,6 +14,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from l2rec.runtime.config import ENV_PREFIX, EX_CONFIG, ConfigError, RecorderConfig, build_config, from_env, load_toml
+from l2rec.runtime.pidfile import PidFile
+from l2rec.storage.sink import check_sink
 
 # The checkout's config file: used when present (running from a clone or an editable install); an
 # installed wheel has none, and the defaults apply.
@@ -24,7 +26,7 @@ SUPERVISOR_PROG = "python supervisor.py"
 _FLAGS = {  # flag dest -> config field
     "db": "db_path", "symbols": "symbols", "category": "category", "depth": "orderbook_depth",
     "network": "network", "ws_url": "ws_url", "replay": "replay", "health_file": "health_file",
-    "log_file": "log_file", "log_level": "log_level",
+    "log_file": "log_file", "log_level": "log_level", "pid_file": "pid_file",
 }
 
 _RECORD_DESCRIPTION = ("Record Bybit v5 public L2 order books into an SQLite training table "
@@ -50,8 +52,8 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"TOML config file (default: {DEFAULT_CONFIG.relative_to(CHECKOUT)} when it exists)")
     p.add_argument("--db", metavar="PATH", help="SQLite database file (default ./trading_bot_live.db)")
     p.add_argument("--symbols", metavar="SYM[,SYM...]", help="symbols to record (default BTCUSDT)")
-    p.add_argument("--category", choices=("linear", "spot", "inverse"), metavar="linear|spot|inverse",
-                   help="Bybit category (default linear)")
+    # No argparse `choices`: a bad value must exit 78 naming the key, as it does from a file or the env.
+    p.add_argument("--category", metavar="linear|spot|inverse", help="Bybit category (default linear)")
     p.add_argument("--depth", metavar="N",
                    help="order book depth to subscribe: 1, 50, 200 or 1000 (default 50); in replay a filter")
     p.add_argument("--network", metavar="mainnet|testnet|demo",
@@ -63,6 +65,9 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--health-file", metavar="PATH", help="where SIGUSR1 writes the JSON health dump")
     p.add_argument("--log-file", metavar="PATH", help="JSON-lines log file (stderr gets readable text)")
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO (default), WARNING, ERROR")
+    p.add_argument("--pid-file", metavar="PATH",
+                   help="write the root's pid here (for kill -USR1/-TERM); removed at exit")
+    p.add_argument("--version", action="version", version=f"l2rec {package_version()}")
 
 
 def parse_args(argv: Sequence[str] | None, prog: str = SUPERVISOR_PROG) -> argparse.Namespace:
@@ -88,13 +93,15 @@ def record(args: argparse.Namespace, prog: str) -> int:
     """Run the recorder until it is stopped (or its replay ends); returns the process exit code."""
     try:
         cfg = load_config(args, os.environ)
+        check_sink(cfg)
+        with PidFile(cfg.pid_file):
+            # Imported here: the root's modules start nothing on import, but `--help` and a config error
+            # should not pay for pykka and psutil.
+            from l2rec.processes.root import Root
+            return Root(cfg).run()
     except ConfigError as exc:
         print(f"{prog}: config error: {exc}", file=sys.stderr)
         return EX_CONFIG
-    # Imported here: the root's modules start nothing on import, but `--help` and a config error should
-    # not pay for pykka and psutil.
-    from l2rec.processes.root import Root
-    return Root(cfg).run()
 
 
 def supervisor_main(argv: Sequence[str] | None = None) -> int:
@@ -105,7 +112,7 @@ def supervisor_main(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``l2rec COMMAND [flags]`` (the console script and ``python -m l2rec``)."""
     top = argparse.ArgumentParser(prog="l2rec", description="Bybit v5 L2 order book recorder.")
-    top.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    top.add_argument("--version", action="version", version=f"l2rec {package_version()}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     rec = commands.add_parser("record", help="record order books (what `python supervisor.py` does)",
                               description=_RECORD_DESCRIPTION, epilog=_RECORD_EPILOG)

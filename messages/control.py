@@ -42,6 +42,7 @@ class ServerReply:
     req_id: str | None
     message: str
     recv_ns: int | None
+    topic: str | None = None  # the topic a refusal names, if any
 
 
 @dataclass(frozen=True, slots=True)

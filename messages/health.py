@@ -42,3 +42,8 @@ class SupervisorState:
     """Root -> HealthActor: what the supervisor knows of each child (restarts, breaker, last error)."""
 
     children: dict[str, dict[str, object]]
+
+
+@dataclass(frozen=True, slots=True)
+class TotalsRequest:
+    """Root -> HealthActor (ask, at exit): the run's figures over every incarnation (a RunTotals)."""

@@ -75,6 +75,7 @@ class TopicState:
     rejected: int = 0
     last_ts_ms: int | None = None
     last_recv_ns: int | None = None
+    sessions: int = 0  # websocket sessions that subscribed it; 0: never connected
 
 
 class BookKeeper:
@@ -173,8 +174,16 @@ class BookKeeper:
                 self._open_gap(st, GAP_DISCONNECT, st.last_u, None, count_frame=False, resync=False)
 
     def expect(self, topics: tuple[str, ...]) -> None:
-        """Subscribed topics are listed (unsynced, zero frames) before their first frame arrives, so that
-        a topic that never sends anything shows up as such."""
+        """A session subscribed these topics: they are listed (unsynced, zero frames) before their first
+        frame arrives, so that a topic that never sends anything shows up as such."""
+        for topic in topics:
+            parsed = split_topic(topic)
+            if parsed is not None:
+                self._state(topic, parsed[1], parsed[0]).sessions += 1
+
+    def configure(self, topics: tuple[str, ...]) -> None:
+        """The topics this shard records, listed from the start: one that never connected shows up with
+        ``sessions`` 0 (an unreachable endpoint is visible in the health dump, not an empty list)."""
         for topic in topics:
             parsed = split_topic(topic)
             if parsed is not None:
@@ -238,7 +247,7 @@ class BookKeeper:
                 "synced": st.synced, "last_u": st.last_u, "frames": st.frames, "rows": st.rows,
                 "stale": st.stale, "in_gap": st.in_gap, "gaps": st.gaps, "resets": st.resets,
                 "rejected": st.rejected, "orphan_deletes": st.orphan_deletes,
-                "last_ts_ms": st.last_ts_ms, "last_recv_ns": st.last_recv_ns,
+                "last_ts_ms": st.last_ts_ms, "last_recv_ns": st.last_recv_ns, "sessions": st.sessions,
                 # frames = rows + stale + in_gap + gaps + rejected, always: every frame accounted for
                 "unaccounted": st.frames - st.rows - st.stale - st.in_gap - st.gaps - st.rejected,
             }

@@ -10,11 +10,15 @@ order of shutdown (shards first, writer last).
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import gc
+import os
 import signal
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection
+from types import FrameType
 from typing import Any
 
 import pykka
@@ -28,16 +32,31 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_DB = 3
 EXIT_RATE_LIMITED = 4
+EXIT_ROWS_FAILED = 5  # the writer: rows the table refused (not stored)
 
 
 def child_setup(uplink_conn: Connection, level: str, role: str) -> Uplink:
     """Ignore the stop signals (the root drives the stop), send logs up the uplink, tune the GC."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    install_stack_dump(role)
     uplink = Uplink(uplink_conn)
     child_logging(uplink, level, role)
     tune_gc()
     return uplink
+
+
+def install_stack_dump(role: str) -> None:
+    """SIGUSR2 prints every thread's stack to stderr under a line naming the process (the root forwards
+    its SIGUSR2 to every child); the process goes on. A Python-level handler, so the label comes first:
+    it runs within one tick of the main thread, which only ever waits with a timeout."""
+    def dump(_signum: int, _frame: FrameType | None) -> None:
+        sys.stderr.write(f"--- stacks of {role} (pid {os.getpid()}) ---\n")
+        sys.stderr.flush()
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+
+    signal.signal(signal.SIGUSR2, dump)
 
 
 def tune_gc() -> None:

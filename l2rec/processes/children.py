@@ -77,6 +77,16 @@ class Child(ABC):
         """Every expected actor reported within ``timeout_s``."""
         return all(now - self.heartbeats.get(a, 0.0) < timeout_s for a in self.expected_actors)
 
+    def silent_actor(self, now: float, timeout_s: float) -> tuple[str, float] | None:
+        """An expected actor that sent no heartbeat for ``timeout_s`` (and for how long), if any. A shard
+        whose actors stopped and that reports it is still draining into the writer is not silent."""
+        draining = self.heartbeats.get("drain", 0.0)
+        for actor in self.expected_actors:
+            last = max(self.heartbeats.get(actor, self.started_mono), draining)
+            if now - last > timeout_s:
+                return actor, now - last
+        return None
+
     def healthy(self, now: float, timeout_s: float) -> bool:
         """Healthy enough for the restart policy to trust it again (and reset its backoff)."""
         return self.heard_from_all(now, timeout_s)

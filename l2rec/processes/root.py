@@ -5,7 +5,6 @@ and stops everything in order (shards first: they drain and flush; the writer la
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import logging
 import multiprocessing
 import os
@@ -16,15 +15,17 @@ import threading
 import time
 from multiprocessing.connection import Connection, wait
 from types import FrameType
+from typing import cast
 
 import pykka
 
 from l2rec.actors.health import HealthActor
-from l2rec.messages.health import ChildInfo, DumpHealth, Status, SupervisorState
-from l2rec.processes.child import EXIT_RATE_LIMITED
+from l2rec.messages.health import ChildInfo, DumpHealth, Status, SupervisorState, TotalsRequest
+from l2rec.processes.child import EXIT_RATE_LIMITED, install_stack_dump
 from l2rec.processes.children import Child, ShardChild, WriterChild
-from l2rec.runtime.config import RecorderConfig
+from l2rec.runtime.config import EX_CONFIG, RecorderConfig
 from l2rec.runtime.logs import RootLogging
+from l2rec.runtime.summary import RunTotals
 from l2rec.supervision.policy import ChildPolicy
 from l2rec.supervision.states import Action, RestartType
 
@@ -34,6 +35,7 @@ EXIT_OK = 0
 EXIT_CHILD_FAILED = 1
 EXIT_INTERRUPTED = 130
 EXIT_ESCALATED = 75
+EX_DATAERR = 65  # a replay file with no usable frame
 
 
 class Root:
@@ -45,6 +47,7 @@ class Root:
         self.ctx = multiprocessing.get_context("spawn")
         self.stop_requested = threading.Event()
         self.interrupts = 0
+        self.stop_signal: int | None = None  # the first SIGINT/SIGTERM: a replay it stopped did not finish
         self.dump_requested = False
         self.reopen_requested = False
         self.started_ns = time.time_ns()
@@ -71,6 +74,8 @@ class Root:
     # -- signals (handlers only set flags; the main loop acts) ----------------------------------------
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signum
         if signum == signal.SIGINT:
             self.interrupts += 1
             if self.interrupts >= 2:
@@ -91,7 +96,19 @@ class Root:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGUSR1, self._on_usr1)
         signal.signal(signal.SIGHUP, self._on_hup)
-        faulthandler.register(signal.SIGUSR2, all_threads=True)
+        install_stack_dump("root")
+        dump_own_stacks = signal.getsignal(signal.SIGUSR2)
+
+        def dump_all_stacks(signum: int, frame: FrameType | None) -> None:
+            # The root's own stacks, then every child's (a hang is usually in the writer or a shard).
+            if callable(dump_own_stacks):
+                dump_own_stacks(signum, frame)
+            for child in (self.writer, *self.shards):
+                if child.proc is not None and child.proc.pid and child.running:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.proc.pid, signal.SIGUSR2)
+
+        signal.signal(signal.SIGUSR2, dump_all_stacks)
 
     # -- run ------------------------------------------------------------------------------------------
 
@@ -103,15 +120,46 @@ class Root:
         pump_stop = threading.Event()
         pump = threading.Thread(target=self._pump_uplinks, args=(pump_stop,), name="uplink-pump", daemon=True)
         pump.start()
+        exit_code = EXIT_CHILD_FAILED
         try:
-            return self._supervise()
+            exit_code = self._supervise()
         finally:
             self._final_dump()
+            exit_code = self._summarise(exit_code)
             pump_stop.set()
             pump.join(timeout=2.0)
             pykka.ActorRegistry.stop_all(block=True, timeout=5.0)
             self.logs.stop()
             shutil.rmtree(self.rundir, ignore_errors=True)
+        return exit_code
+
+    def _summarise(self, exit_code: int) -> int:
+        """Log the run's one-line summary (every incarnation counted) and settle a replay's exit code:
+        0 only when the file was read to its end, 128 + the signal after an interrupt, 65 (EX_DATAERR)
+        when no frame of the file could be used. An error's code (1, 75, 78) stays."""
+        try:
+            totals = cast(RunTotals, self.health.ask(TotalsRequest(), timeout=5.0))
+        except Exception:  # the health actor is gone: nothing to add up, say nothing false
+            return exit_code
+        failed = totals.rows_failed + totals.rows_lost > 0
+        if self.cfg.replay is not None and exit_code == EXIT_OK:
+            if self.stop_signal is not None:
+                exit_code = 128 + self.stop_signal
+            elif totals.book_frames == 0 and totals.filtered:
+                # The file was usable; the user's filter left nothing. Not a data error, but say so.
+                log.warning(f"replay of {self.cfg.replay} recorded nothing: every order book frame was "
+                            "filtered out by --symbols/--depth", extra={"fields": {"filtered": totals.filtered}})
+            elif totals.book_frames == 0:
+                exit_code = EX_DATAERR
+                log.error(f"replay of {self.cfg.replay} recorded nothing: no valid order book frame in it")
+        if failed and exit_code == EXIT_OK:
+            exit_code = EXIT_CHILD_FAILED
+        what = "replay" if self.cfg.replay is not None else "run"
+        if self.cfg.replay is not None and self.stop_signal is not None:
+            what = "replay interrupted"
+        log.log(logging.ERROR if failed else logging.INFO, f"{what} summary: {totals.line()}",
+                extra={"fields": {"exit_code": exit_code}})
+        return exit_code
 
     def _final_dump(self) -> None:
         """At exit, once every child's last report arrived (its uplink reached EOF), write the dump: the
@@ -170,15 +218,23 @@ class Root:
 
     def _supervise(self) -> int:
         cfg = self.cfg
+        replay = cfg.replay is not None
+        # In replay the topics come from the file; symbols and depth only filter, when given.
+        symbols = ",".join(cfg.symbols) if not replay or cfg.replay_filter_symbols else "all in the file"
+        depth = cfg.orderbook_depth if not replay or cfg.replay_filter_depth else "all in the file"
         log.info("starting", extra={"fields": {
-            "mode": "replay" if cfg.replay else "live", "source": cfg.replay or cfg.url,
-            "symbols": ",".join(cfg.symbols), "depth": cfg.orderbook_depth, "db": cfg.db_path,
-            "table": cfg.table_name, "shards": len(self.shards)}})
+            "pid": os.getpid(), "mode": "replay" if replay else "live", "source": cfg.replay or cfg.url,
+            "symbols": symbols, "depth": depth, "db": cfg.db_path, "table": cfg.table_name,
+            "shards": len(self.shards)}})
         self._start(self.writer)
         while not self.writer.ready.wait(0.05):
             if not self.writer.running:
-                log.critical("writer failed to start", extra={"fields": {"exitcode": self.writer.exitcode}})
-                return EXIT_CHILD_FAILED
+                self.writer.join(5.0)
+                code = self.writer.exitcode
+                log.critical("writer failed to start", extra={"fields": {"exitcode": code}})
+                # The database's table refuses our rows (the writer said which column): a configuration
+                # problem, the same exit code as any bad value.
+                return EX_CONFIG if code == EX_CONFIG else EXIT_CHILD_FAILED
             if self.stop_requested.is_set():
                 self._kill(self.writer)
                 return EXIT_OK
@@ -236,14 +292,13 @@ class Root:
         for child in children:
             if not child.running or now - child.started_mono < timeout:
                 continue
-            for actor in child.expected_actors:
-                last = child.heartbeats.get(actor, child.started_mono)
-                if now - last > timeout:
-                    child.hang_reason = f"hung: actor {actor} sent no heartbeat for {now - last:.1f}s"
-                    log.error("child hung; killing it", extra={"fields": {
-                        "child": child.name, "actor": actor, "silent_s": round(now - last, 1)}})
-                    self._kill(child)
-                    break
+            silent = child.silent_actor(now, timeout)
+            if silent is not None:
+                actor, silent_s = silent
+                child.hang_reason = f"hung: actor {actor} sent no heartbeat for {silent_s:.1f}s"
+                log.error("child hung; killing it", extra={"fields": {
+                    "child": child.name, "actor": actor, "silent_s": round(silent_s, 1)}})
+                self._kill(child)
 
     def _handle_exits(self, children: list[Child], now: float) -> int | None:
         """Apply each exited child's policy; returns an exit code when the tree must stop."""
@@ -253,6 +308,14 @@ class Root:
                 continue
             child.exit_handled = True
             code = proc.exitcode
+            if code == EX_CONFIG and child is not self.writer:
+                # Bybit refused every topic of the shard (its log says which, with Bybit's message):
+                # restarting cannot help. The others go on; when none is left, the run exits 78.
+                child.finished = True
+                log.error("shard stopped: every topic refused", extra={"fields": {"child": child.name}})
+                if all(s.finished for s in self.shards):
+                    return EX_CONFIG
+                continue
             retry_after = child.retry_after_s() if code == EXIT_RATE_LIMITED else None
             error = child.hang_reason or (f"exit code {code}" if code else None)
             decision = child.policy.on_exit(now, abnormal=code != 0, error=error, retry_after_s=retry_after)

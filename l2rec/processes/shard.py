@@ -41,11 +41,14 @@ def run_shard(spec: ShardSpec, ctl: Connection, uplink_conn: Connection, retry_a
     uplink = child_setup(uplink_conn, cfg.log_level, f"shard-{shard_id}")
     faults = Faults.from_env()
     fatal: list[str] = []
+    fatal_exit: list[int] = []  # an exit code a fatal reason asks for (78: every topic refused)
     fatal_event = threading.Event()
 
-    def on_fatal(reason: str, retry_after_s: float | None = None) -> None:
+    def on_fatal(reason: str, retry_after_s: float | None = None, exit_code: int | None = None) -> None:
         if retry_after_s is not None:
             retry_after.value = retry_after_s
+        if exit_code is not None:
+            fatal_exit.append(exit_code)
         fatal.append(reason)
         fatal_event.set()
 
@@ -65,7 +68,7 @@ def run_shard(spec: ShardSpec, ctl: Connection, uplink_conn: Connection, retry_a
     books = BookActor.start(
         cfg, shard_id, link, connection=None if replay else source, credits=credits,
         end_of_stream=end_of_stream, reporter=reporter("features"), faults=faults,
-        restarted_topics=topics if spec.incarnation > 0 and not replay else ())
+        topics=() if replay else topics, restarted_topics=topics if spec.incarnation > 0 and not replay else ())
     parser = ParserActor.start(
         books, None if replay else source,
         topics=None if replay else frozenset(topics),
@@ -84,7 +87,7 @@ def run_shard(spec: ShardSpec, ctl: Connection, uplink_conn: Connection, retry_a
         on_fatal("actor(s) died: source (in on_start)")
     log.info("shard started", extra={"fields": {"shard": shard_id, "topics": len(topics),
                                                 "source": cfg.replay or cfg.url}})
-    why = None
+    why: str | None = None
     while why is None:
         why = stop_requested(ctl, 0.05)
         if end_of_stream.is_set():
@@ -112,13 +115,31 @@ def run_shard(spec: ShardSpec, ctl: Connection, uplink_conn: Connection, retry_a
         # Tells the root this shard is still draining into a writer that makes progress: wait for it.
         uplink.put(Status(Role.SHARD, "drain", shard_id, os.getpid(), time.time_ns(), {"rows_held": rows_held}))
 
-    lost = link.close(progress_timeout_s=cfg.shutdown_deadline_s, on_wait=draining)
+    # A replay read to its end waits for the writer however long it retries (a full disk, a held lock),
+    # as live recording does, until the root says stop: giving up would make the supervisor restart the
+    # shard, which reads the file again, and again.
+    stop_seen = why != "end of stream"
+
+    def patient() -> bool:
+        nonlocal stop_seen
+        if not stop_seen and stop_requested(ctl, 0.0) is not None:
+            stop_seen = True
+        return not stop_seen
+
+    if not stop_seen and link.rows_held:
+        log.info("replay read to its end; waiting for the writer to commit", extra={"fields": {
+            "shard": shard_id, "rows_held": link.rows_held}})
+    lost = link.close(progress_timeout_s=cfg.shutdown_deadline_s, on_wait=draining, patient=patient)
+    uplink.put(Status(Role.SHARD, "drain", shard_id, os.getpid(), time.time_ns(), {"rows_held": lost,
+                                                                                     "rows_lost": lost}))
     if lost:
         log.critical("rows lost at stop: the writer acknowledged nothing for shutdown_deadline_s",
                      extra={"fields": {"shard": shard_id, "rows": lost}})
     if fatal:
         log.error("shard failed", extra={"fields": {"shard": shard_id, "reason": fatal[0], "dead_actors": dead}})
         pykka.ActorRegistry.stop_all(block=True, timeout=2.0)
+        if fatal_exit:
+            sys.exit(fatal_exit[0])
         sys.exit(EXIT_RATE_LIMITED if retry_after.value > 0 else EXIT_FAILED)
     log.info("shard stopped", extra={"fields": {"shard": shard_id, "why": why}})
     sys.exit(EXIT_FAILED if lost else EXIT_OK)

@@ -15,9 +15,14 @@ from l2rec.actors.base import Reporter
 from l2rec.actors.writer import WriterActor
 from l2rec.messages.control import Tick
 from l2rec.messages.writer import WriteBatch, WriteGroup
-from l2rec.processes.child import EXIT_DB, EXIT_FAILED, child_setup, stop_requested
+from l2rec.processes.child import EXIT_DB, EXIT_FAILED, EXIT_ROWS_FAILED, child_setup, stop_requested
+from l2rec.runtime.config import EX_CONFIG, RecorderConfig
 from l2rec.runtime.faults import Faults
+from l2rec.runtime.logs import RateLimited
 from l2rec.storage.link_server import LinkServer, WriterGone
+from l2rec.storage.sink import Sink, open_error_is_transient, open_sink
+from l2rec.storage.sqlite import SchemaError
+from l2rec.supervision.backoff import Backoff
 from l2rec.supervision.specs import WriterSpec
 from l2rec.supervision.states import Role
 
@@ -26,17 +31,41 @@ log = logging.getLogger("actors.processes")
 INFLIGHT_BATCHES = 32  # batches handed to the actor, not yet committed (group commit)
 
 
+def _open(cfg: RecorderConfig, ctl: Connection) -> Sink | None:
+    """Open the sink; while another process holds the database's lock (its schema check needs a write
+    transaction), wait and retry with backoff, as the writer does for a batch. None: stop requested."""
+    backoff = Backoff(0.05, 5.0, 2.0, 0.2)
+    rate = RateLimited(10.0)
+    attempt = 0
+    while True:
+        try:
+            return open_sink(cfg)
+        except SchemaError as exc:  # the root's preflight checks this too; a table changed meanwhile
+            log.critical("cannot use the table: %s", exc, extra={"fields": {"column": exc.column}})
+            sys.exit(EX_CONFIG)
+        except Exception as exc:
+            if not open_error_is_transient(cfg, exc):
+                log.critical("cannot open the database", exc_info=True, extra={"fields": {"db_path": cfg.db_path}})
+                sys.exit(EXIT_DB)
+            attempt += 1
+            ok, suppressed = rate.allow("open")
+            if ok:
+                log.warning("database busy at start; retrying", extra={"fields": {
+                    "error": str(exc), "attempt": attempt, "suppressed_since_last": suppressed}})
+        if stop_requested(ctl, backoff.delay(attempt)) is not None:
+            return None
+
+
 def run_writer(spec: WriterSpec, ctl: Connection, uplink_conn: Connection) -> None:
     """Writer process: accepts shard links, hands batches to the WriterActor, acks after each commit."""
     cfg = spec.cfg
     uplink = child_setup(uplink_conn, cfg.log_level, Role.WRITER)
     faults = Faults.from_env()
     inflight = threading.Semaphore(INFLIGHT_BATCHES)
-    try:
-        writer = WriterActor.start(cfg, inflight, Reporter(uplink, Role.WRITER, "writer", None), faults)
-    except Exception:
-        log.critical("cannot open the database", exc_info=True, extra={"fields": {"db_path": cfg.db_path}})
-        sys.exit(EXIT_DB)
+    sink = _open(cfg, ctl)
+    if sink is None:
+        return  # asked to stop while the database was still locked
+    writer = WriterActor.start(sink, inflight, Reporter(uplink, Role.WRITER, "writer", None), faults)
     server = LinkServer(spec.address, inflight)
     uplink.put("ready")
     stopping: str | None = None
@@ -69,3 +98,5 @@ def run_writer(spec: WriterSpec, ctl: Connection, uplink_conn: Connection) -> No
         log.critical("writer did not finish in time")
         sys.exit(EXIT_FAILED)
     log.info("writer stopped", extra={"fields": {"reason": stopping}})
+    if sink.rows_failed:
+        sys.exit(EXIT_ROWS_FAILED)  # the run was not clean: the root's exit code says so

@@ -7,6 +7,7 @@ what is allowed, and ``supervisor.py`` turns that into exit code 78 (EX_CONFIG).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
@@ -82,6 +83,7 @@ class RecorderConfig:
     replay_filter_symbols: bool = False
     replay_filter_depth: bool = False
     health_file: str = "./health.json"
+    pid_file: str | None = None
     log_file: str | None = None
     log_level: str = "INFO"
 
@@ -180,6 +182,13 @@ def _as_choice(key: str, v: object, allowed: tuple[str, ...]) -> str:
     return s
 
 
+def _as_category(key: str, v: object) -> str:
+    if str(v).strip().lower() == "option":
+        raise ConfigError(key, v, "option order books are not supported (their acks, pongs, depths 25/100 and "
+                          "symbols differ); use linear, spot or inverse")
+    return _as_choice(key, v, CATEGORIES)
+
+
 def _as_opt_str(key: str, v: object) -> str | None:
     if v is None:
         return None
@@ -196,7 +205,7 @@ def _as_ws_url(key: str, v: object) -> str | None:
 
 _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "symbols": _as_symbols,
-    "category": lambda k, v: _as_choice(k, v, CATEGORIES),
+    "category": lambda k, v: _as_category(k, v),
     "network": lambda k, v: _as_choice(k, v, NETWORKS),
     "ws_url": _as_ws_url,
     "orderbook_depth": lambda k, v: _as_int(k, v, 1, 1000),
@@ -238,6 +247,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "replay_filter_symbols": _as_bool,
     "replay_filter_depth": _as_bool,
     "health_file": lambda k, v: _as_opt_str(k, v) or _raise(k, v, "must be a file path"),
+    "pid_file": _as_opt_str,
     "log_file": _as_opt_str,
     "log_level": lambda k, v: str(v).upper() if str(v).upper() in LOG_LEVELS else _raise(
         k, v, f"must be one of {', '.join(LOG_LEVELS)}"),
@@ -263,8 +273,12 @@ def _normalise(raw: Mapping[str, object], source: str, prefix: str = "") -> dict
             continue
         k = ALIASES.get(k, k)
         if k not in FIELDS:
-            raise ConfigError(prefix + key, value,
-                              f"unknown key in {source}; known keys: {', '.join(sorted(FIELDS))}")
+            near = difflib.get_close_matches(k, [*FIELDS, *ALIASES, "sandbox", "exchange"], n=1, cutoff=0.6)
+            if near:
+                hint = f"did you mean '{prefix + near[0].upper() if prefix else near[0]}'?"
+            else:
+                hint = f"known keys: {', '.join(sorted(FIELDS))}"
+            raise ConfigError(prefix + key, value, f"unknown key in {source}; {hint}")
         out[k] = value
     return out
 

@@ -119,10 +119,12 @@ class WriterLink:
         """Batches not yet acknowledged."""
         return len(self.pending) + len(self.unacked)
 
-    def close(self, progress_timeout_s: float, on_wait: Callable[[int], None] | None = None) -> int:
+    def close(self, progress_timeout_s: float, on_wait: Callable[[int], None] | None = None,
+              patient: Callable[[], bool] | None = None) -> int:
         """Wait until every batch is acknowledged (committed). Waits as long as the writer makes progress;
-        gives up after ``progress_timeout_s`` without a single acknowledgement. Returns the number of rows
-        not acknowledged (lost)."""
+        gives up after ``progress_timeout_s`` without a single acknowledgement, except while ``patient()``
+        says to wait on (a replay read to its end waits for a writer that retries, e.g. on a full disk,
+        until the root asks it to stop). Returns the number of rows not acknowledged (lost)."""
         last_acked = self.acked
         last_progress = time.monotonic()
         next_report = 0.0
@@ -130,7 +132,7 @@ class WriterLink:
             while self.rows_held:
                 self.cond.wait(timeout=0.05)
                 now = time.monotonic()
-                if self.acked != last_acked:
+                if self.acked != last_acked or (patient is not None and patient()):
                     last_acked, last_progress = self.acked, now
                 elif now - last_progress > progress_timeout_s:
                     break

@@ -74,6 +74,19 @@ NATURAL_KEY: tuple[str, ...] = (
     "exchange", "category", "symbol", "depth", "cross_sequence", "sequence", "exchange_timestamp",
 )
 
+# Columns every row fills with a value (never NULL). An existing table may declare any other column NOT
+# NULL only with a default: otherwise no row of ours could be stored in it (checked at start).
+ALWAYS_SET: frozenset[str] = frozenset({
+    "timestamp", "symbol", "exchange", "update_id", "data_quality_score", "data_source", "sequence",
+    "exchange_timestamp", "depth", "category",
+})
+
+
+def conflict_target() -> str:
+    """The natural key as an ``ON CONFLICT`` target: it names the key's unique index (either layout)."""
+    return ", ".join("COALESCE(cross_sequence, -1)" if c == "cross_sequence" else c for c in NATURAL_KEY)
+
+
 GAPS_TABLE = "l2_gaps"
 GAPS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {GAPS_TABLE} (

@@ -29,13 +29,16 @@ class Sink(Protocol):
     path: str  # where it writes, safe to show (a file path; a URL without its password)
     table: str
     rows_offered: int  # rows handed to write()
-    rows_inserted: int  # rows that were new (the rest were already present)
+    rows_inserted: int  # rows that were new
+    rows_failed: int  # rows refused by a constraint other than the natural key: not stored, an error
+    last_row_error: str | None
     batches: int  # transactions committed
     last_commit_s: float
 
     def write(self, rows: Sequence[Sequence[object]], gaps: Iterable[GapRecord] = (),
               sessions: Iterable[SessionRecord] = ()) -> int:
-        """Commit everything in one transaction; returns the rows actually inserted."""
+        """Commit everything in one transaction; returns the rows actually inserted. A row that breaks a
+        constraint other than the natural key is not stored and counted in ``rows_failed``; the others are."""
         ...
 
     def is_transient(self, exc: BaseException) -> bool:
@@ -49,6 +52,21 @@ class Sink(Protocol):
     def close(self) -> None:
         """Flush and release everything; the sink is not used again."""
         ...
+
+
+def check_sink(cfg: RecorderConfig) -> None:
+    """Before anything starts: can the sink ``cfg.db_path`` names be used? Raises ConfigError naming the
+    key (``db_path``, ``table_name``) with what is wrong, so a bad path is one line and exit 78."""
+    from l2rec.storage.sqlite import preflight
+
+    preflight(cfg.db_path, cfg.table_name)
+
+
+def open_error_is_transient(cfg: RecorderConfig, exc: BaseException) -> bool:
+    """Whether ``open_sink`` failing with ``exc`` is worth retrying (another process holds the lock)."""
+    from l2rec.storage.sqlite import is_transient
+
+    return is_transient(exc)
 
 
 def open_sink(cfg: RecorderConfig) -> Sink:

@@ -1,29 +1,36 @@
 """SQLite storage: open (WAL, synchronous=NORMAL), create or migrate the schema, write batches.
 
-One process holds the only connection. Every batch is one transaction; ``INSERT OR IGNORE`` on the
-natural key makes a replay of the same frames add nothing. An existing database is migrated by adding
+One process holds the only connection. Every batch is one transaction; ``ON CONFLICT (natural key) DO
+NOTHING`` makes a replay of the same frames add nothing, and only that: a row that breaks another
+constraint (NOT NULL, CHECK) is an error, counted and logged, never silently skipped (``INSERT OR
+IGNORE`` would skip it). An existing database is migrated by adding
 missing columns and indexes only; nothing is ever dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from l2rec.book.rows import IsoMillis
 from l2rec.messages.writer import GapRecord, SessionRecord
+from l2rec.runtime.config import ConfigError
 from l2rec.storage.schema import (
     ADDED_COLUMNS,
+    ALWAYS_SET,
     GAPS_DDL,
     GAPS_TABLE,
     ROW_COLUMNS,
     SEED_COLUMNS,
     SESSIONS_DDL,
     SESSIONS_TABLE,
+    conflict_target,
     index_ddl,
     table_ddl,
 )
@@ -33,7 +40,11 @@ log = logging.getLogger("recorder.storage")
 
 class SchemaError(RuntimeError):
     """The existing table cannot hold our rows without dropping data (e.g. a required column is missing
-    and cannot be added)."""
+    and cannot be added, or a NOT NULL column the rows do not fill). ``column`` names it."""
+
+    def __init__(self, message: str, column: str | None = None) -> None:
+        super().__init__(message)
+        self.column = column
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +174,7 @@ def ensure_schema(conn: sqlite3.Connection, table: str) -> Migration:
     """Create the tables, or bring an existing training table up to date by adding columns."""
     existing = {row[1]: row for row in conn.execute(f"PRAGMA table_info({table})")}
     created = not existing
+    check_constraints(table, existing.values())
     added: list[str] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -191,10 +203,57 @@ def ensure_schema(conn: sqlite3.Connection, table: str) -> Migration:
     return Migration(created, tuple(added))
 
 
+def check_constraints(table: str, columns: Iterable[tuple[object, ...]]) -> None:
+    """Refuse a table our rows cannot be stored in: a column NOT NULL without a default that the rows do
+    not always fill (``PRAGMA table_info`` rows: cid, name, type, notnull, default, pk)."""
+    for _cid, name, _type, notnull, default, pk in columns:
+        if notnull and default is None and not pk and name not in ALWAYS_SET:
+            raise SchemaError(f"table {table}: column {name} is NOT NULL without a default, and the recorder's "
+                              "rows do not fill it (add a DEFAULT, drop the constraint, or use another table)",
+                              column=str(name))
+
+
+def preflight(path: str, table: str) -> None:
+    """Check, before any process starts, that the database can be used: raises ConfigError naming
+    ``db_path`` (a directory, a parent that cannot be made, not writable, not a database) or
+    ``table_name`` (a table our rows cannot be stored in). A missing parent directory is created."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError("db_path", path, "is a directory; give a file path, e.g. ./data/l2.db")
+    parent = p.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as exc:
+            raise ConfigError("db_path", path, f"its directory {parent} does not exist and cannot be "
+                              f"created: {exc.strerror or exc}") from None
+        log.info("created the database's directory", extra={"fields": {"dir": str(parent)}})
+    elif not parent.is_dir():
+        raise ConfigError("db_path", path, f"{parent} is not a directory")
+    if p.exists() and not os.access(p, os.R_OK | os.W_OK):
+        raise ConfigError("db_path", path, "the file is not readable and writable by this user")
+    if not p.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError("db_path", path, f"the directory {parent} is not writable by this user")
+    try:
+        conn = sqlite3.connect(path, timeout=1.0)
+    except sqlite3.Error as exc:
+        raise ConfigError("db_path", path, f"cannot open the database: {exc}") from None
+    try:
+        columns = list(conn.execute(f"PRAGMA table_info({table})"))
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError("db_path", path, f"cannot use the database: {exc}") from None
+    finally:
+        conn.close()
+    try:
+        check_constraints(table, columns)
+    except SchemaError as exc:
+        raise ConfigError("table_name", table, str(exc)) from None
+
+
 def insert_sql(table: str) -> str:
     cols = ", ".join(ROW_COLUMNS)
     marks = ", ".join("?" * len(ROW_COLUMNS))
-    return f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})"
+    return f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({conflict_target()}) DO NOTHING"
 
 
 class Store:
@@ -212,6 +271,8 @@ class Store:
         self._iso = IsoMillis()
         self.rows_offered = 0
         self.rows_inserted = 0
+        self.rows_failed = 0  # rows the table refused (a constraint other than the natural key)
+        self.last_row_error: str | None = None
         self.batches = 0
         self.last_commit_s = 0.0
 
@@ -220,10 +281,38 @@ class Store:
         """Write rows, gap and session records in one transaction; returns the rows actually inserted."""
         t0 = time.perf_counter()
         conn = self.conn
+        gaps, sessions = tuple(gaps), tuple(sessions)
+        try:
+            inserted, failed = self._transaction(rows, gaps, sessions, one_by_one=False)
+        except sqlite3.IntegrityError:
+            # A row broke a constraint other than the natural key: redo the group a row at a time, so that
+            # every other row is stored and each refused one is counted.
+            inserted, failed = self._transaction(rows, gaps, sessions, one_by_one=True)
+        self.rows_failed += failed
+        if self.checkpointer.restart_due.is_set():
+            self.checkpointer.take_turn(conn)
+        self.rows_offered += len(rows)
+        self.rows_inserted += inserted
+        self.batches += 1
+        self.last_commit_s = time.perf_counter() - t0
+        return inserted
+
+    def _transaction(self, rows: Sequence[Sequence[object]], gaps: Iterable[GapRecord],
+                     sessions: Iterable[SessionRecord], *, one_by_one: bool) -> tuple[int, int]:
+        """One transaction; returns (rows inserted, rows refused by a constraint)."""
+        conn = self.conn
+        failed = 0
         conn.execute("BEGIN")
         try:
             before = conn.total_changes
-            if rows:
+            if one_by_one:
+                for row in rows:
+                    try:
+                        conn.execute(self._insert, row)
+                    except sqlite3.IntegrityError as exc:
+                        failed += 1
+                        self.last_row_error = str(exc)
+            elif rows:
                 conn.executemany(self._insert, rows)
             inserted = conn.total_changes - before
             for gap in gaps:
@@ -235,13 +324,7 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        if self.checkpointer.restart_due.is_set():
-            self.checkpointer.take_turn(conn)
-        self.rows_offered += len(rows)
-        self.rows_inserted += inserted
-        self.batches += 1
-        self.last_commit_s = time.perf_counter() - t0
-        return inserted
+        return inserted, failed
 
     def _write_gap(self, gap: GapRecord) -> None:
         detected_at = self._iso(gap.detected_ns // 1_000_000)

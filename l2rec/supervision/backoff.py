@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """``delay(n)`` for the n-th consecutive failure (1-based): min * factor**(n-1), capped at max,
-    then spread by +-jitter so that many clients do not retry in lockstep."""
+    """``delay(n)`` for the n-th consecutive failure (1-based): min * factor**(n-1), spread by +-jitter so
+    that many clients do not retry in lockstep, and never above ``max_s`` (the documented cap holds)."""
 
     min_s: float = 0.5
     max_s: float = 60.0
@@ -22,4 +22,4 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         r = (rng or random).uniform(-self.jitter, self.jitter)
-        return max(0.0, self.base(attempt) * (1.0 + r))
+        return min(self.max_s, max(0.0, self.base(attempt) * (1.0 + r)))
