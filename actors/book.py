@@ -21,7 +21,7 @@ from typing import Any
 
 import pykka
 
-from l2rec.actors.base import RecorderActor, Reporter, handles
+from l2rec.actors.base import RecorderActor, Reporter, handles, tell_quietly
 from l2rec.book.keeper import BookKeeper
 from l2rec.messages.book import BookUpdate, ParsedBatch
 from l2rec.messages.control import Resubscribe, Tick
@@ -31,6 +31,7 @@ from l2rec.runtime.config import RecorderConfig
 from l2rec.runtime.faults import Faults
 from l2rec.runtime.logs import RateLimited
 from l2rec.storage.link import WriterLink
+from l2rec.storage.sink import LastRow
 from l2rec.supervision.states import ActorState
 
 log = logging.getLogger("actors.features")
@@ -56,6 +57,8 @@ class BookActor(RecorderActor):
         faults: Faults,
         topics: tuple[str, ...] = (),
         restarted_topics: tuple[str, ...] = (),
+        resume: tuple[LastRow, ...] = (),
+        close_session: SessionRecord | None = None,
     ) -> None:
         super().__init__(reporter, faults)
         self.cfg = cfg
@@ -70,11 +73,15 @@ class BookActor(RecorderActor):
             feature_levels=cfg.feature_levels,
         )
         self.keeper.configure(topics)
+        last_rows = {r.topic: (r.last_u, r.at_ns) for r in resume}
         if restarted_topics:
-            self.keeper.on_process_restart(restarted_topics)
+            self.keeper.on_process_restart(restarted_topics, last_rows)
+        elif last_rows:
+            self.keeper.on_start_after_downtime(topics, last_rows)
         self.rows: list[tuple[object, ...]] = []
         self.gaps: list[GapRecord] = list(self.keeper.take_events()[0])
-        self.sessions: list[SessionRecord] = []
+        # the previous incarnation's session, closed with how that incarnation ended (it could not)
+        self.sessions: list[SessionRecord] = [close_session] if close_session is not None else []
         self.session: SessionStarted | None = None
         self.batch_started = 0.0
         self.max_rows = cfg.buffer_size
@@ -150,7 +157,7 @@ class BookActor(RecorderActor):
                 self.silent_resubscribes += 1
                 log.warning("topic silent; resubscribing", extra={"fields": {
                     "topic": topic, "silent_s": round((now_ns - last) / 1e9, 1)}})
-                connection.tell(Resubscribe(topic, "silent"))
+                tell_quietly(connection, Resubscribe(topic, "silent"))
 
     def _apply(self, batch: ParsedBatch) -> None:
         keeper = self.keeper
@@ -229,7 +236,8 @@ class BookActor(RecorderActor):
         if self.connection is None or topic in self.pending_resync:
             return
         self.pending_resync[topic] = time.time_ns()
-        self.connection.tell(Resubscribe(topic, reason))
+        # quietly: at a stop the connection may be gone while this actor still works through its inbox
+        tell_quietly(self.connection, Resubscribe(topic, reason))
 
     def _retry_stuck_resyncs(self, now_ns: int) -> None:
         """A resubscribe that brought no snapshot (refused, lost) must not leave a topic unsynced for good."""

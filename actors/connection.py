@@ -5,6 +5,12 @@ ping every ``ping_interval_s``, resubscribe a topic on request, reconnect with c
 and jitter, and on stop a graceful close that still reads (and forwards) every frame the server sent
 before its close frame. The reader thread only splits the byte stream into websocket frames
 (recorder.ws_frames); it never parses JSON and never logs per frame.
+
+Backpressure: the reader takes byte credits (``l2rec.venue.credits``) for every message it tells the parser,
+which gives them back once parsed. A parser that falls behind makes the reader wait, not read: the backlog
+stays in the socket buffers and TCP slows the sender. Waiting is not a stall (the read timeout only runs
+while reading), pings go on (the actor thread sends them), and a waiting reader gives up when the parser
+dies or the connection closes the credits at a stop; the frames it held are counted as lost.
 """
 
 from __future__ import annotations
@@ -14,26 +20,43 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
 import websocket
 
 from l2rec.actors.base import RecorderActor, Reporter, handles, tell_later, tell_quietly
-from l2rec.messages.control import Begin, ReaderExited, Reconnect, Resubscribe, ServerReply, Tick
+from l2rec.messages.control import Begin, ReaderExited, Reconnect, Resubscribe, ServerReply, StopReason, Tick
 from l2rec.messages.frames import RawFrames, SessionEnded, SessionStarted
 from l2rec.runtime.config import EX_CONFIG, RecorderConfig
 from l2rec.runtime.faults import Faults
 from l2rec.supervision.backoff import Backoff
 from l2rec.supervision.states import ActorState
+from l2rec.venue.credits import ByteCredits
 from l2rec.venue.protocol import ReplyKind, ping_request, subscribe_requests
 from l2rec.venue.refusals import PROBE_PREFIX, RefusalTracker
-from l2rec.venue.ws_frames import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameParser, FrameTooLarge
+from l2rec.venue.ws_frames import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameParser, FrameTooLarge, FramingError
 
 log = logging.getLogger("actors.connection")
 
 _RECV_BYTES = 256 * 1024
 UNREACHABLE_AFTER = 3  # failed first connects before the one WARNING that says how to work offline
+# Bytes told to the parser and not yet parsed, in frames of max_frame_bytes: room for a few of the largest
+# frames (a flood of them stays bounded), and over a second of a 25,000 frames/s stream, so that normal
+# bursts never make the reader wait.
+CREDIT_WINDOW_FRAMES = 4
+JOIN_POLL_S = 0.1
+
+
+@dataclass(slots=True)
+class ReaderEnd:
+    """How a reader thread ended, read by the actor at a stop (it cannot receive ``ReaderExited`` then)."""
+
+    reason: str | None = None  # None while the reader runs
+    graceful: bool = False
+    complete: bool = False  # the stream ended (the server's close frame or EOF): nothing sent is unread
+    bytes_read: int = 0  # progress while a large frame arrives (no frame is told until it is complete)
 
 
 class ConnectionActor(RecorderActor):
@@ -43,16 +66,22 @@ class ConnectionActor(RecorderActor):
     name = "connection"
 
     def __init__(self, cfg: RecorderConfig, shard_id: int, topics: tuple[str, ...],
-                 on_fatal: Callable[..., None], reporter: Reporter, faults: Faults) -> None:
+                 on_fatal: Callable[..., None], reporter: Reporter, faults: Faults,
+                 credits: ByteCredits | None = None, session_base: int = 0) -> None:
         super().__init__(reporter, faults)
         self.cfg = cfg
+        # Shared with the parser, which gives back what it parsed (the shard passes the same object to both).
+        self.credits = credits if credits is not None else ByteCredits(CREDIT_WINDOW_FRAMES * cfg.max_frame_bytes)
         self.shard_id = shard_id
         self.topics = topics
         self.on_fatal = on_fatal
         self.parser: pykka.ActorRef[Any] | None = None
         self.ws: websocket.WebSocket | None = None
         self.reader: threading.Thread | None = None
-        self.session_id = 0
+        self.reader_end = ReaderEnd()
+        # Session ids stay unique across the shard's incarnations: incarnation * 1,000,000 + n.
+        self.session_id = session_base
+        self.stop_reason: str | None = None  # set by StopReason: why the shard stops, if not an orderly stop
         self.backoff = Backoff(cfg.reconnect_delay, cfg.reconnect_delay_max_s)
         self.refusals = RefusalTracker(topics)
         self.failures = 0
@@ -65,6 +94,10 @@ class ConnectionActor(RecorderActor):
         self.last_error: str | None = None
 
     # -- pykka hooks ---------------------------------------------------------------------------------
+
+    @handles(StopReason)
+    def _on_stop_reason(self, message: StopReason) -> None:
+        self.stop_reason = message.reason
 
     @handles(Begin)
     def _on_begin(self, message: Begin) -> None:
@@ -87,6 +120,7 @@ class ConnectionActor(RecorderActor):
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         self.stopping = True
+        self.credits.close()  # a reader waiting for credit must not outlive this actor
         ws = self.ws
         if ws is not None:
             ws.shutdown()
@@ -130,8 +164,10 @@ class ConnectionActor(RecorderActor):
         assert self.parser is not None
         # Through the parser, so that the features actor sees it in order with the frames.
         self.parser.tell(SessionStarted(sid, url, self.topics, now))
+        self.reader_end = ReaderEnd()
         self.reader = threading.Thread(
-            target=_read_loop, args=(ws, sid, self.parser, self.actor_ref, self.cfg.max_frame_bytes),
+            target=_read_loop,
+            args=(ws, sid, self.parser, self.actor_ref, self.cfg.max_frame_bytes, self.credits, self.reader_end),
             name=f"ws-reader-{self.shard_id}-{sid}", daemon=True,
         )
         self.reader.start()
@@ -168,9 +204,9 @@ class ConnectionActor(RecorderActor):
         if ws is not None:
             ws.shutdown()
         assert self.parser is not None
-        self.parser.tell(SessionEnded(msg.session_id, msg.reason, time.time_ns(), msg.graceful))
-        if self.stopping:
-            return
+        tell_quietly(self.parser, SessionEnded(msg.session_id, msg.reason, time.time_ns(), msg.graceful))
+        if self.stopping or not self.parser.is_alive():
+            return  # a dead parser fails the shard (its main loop sees it): no new session for it
         self.last_error = msg.reason
         log.warning("disconnected", extra={"fields": {"shard": self.shard_id, "session": msg.session_id,
                                                       "reason": msg.reason, "graceful": msg.graceful}})
@@ -246,7 +282,14 @@ class ConnectionActor(RecorderActor):
             self.last_error = f"resubscribe: {exc!r}"
 
     def _close_gracefully(self) -> None:
-        """Send a close frame and keep reading until the server's close frame (or the deadline)."""
+        """Send a close frame and keep reading until the server's close frame (or EOF).
+
+        Reading may wait for the parser (byte credits), so the deadline counts from the last progress
+        (frames told or parsed), not from the start: a backlog is drained, not cut. A reader idle for
+        ``shutdown_deadline_s / 3``, or still busy after ``shutdown_deadline_s`` (a server that streams
+        on and never closes), is cut off; the session then ends as a disconnect (a gap for its topics),
+        since the server may have sent frames that were never read.
+        """
         ws, reader = self.ws, self.reader
         if ws is None:
             return
@@ -254,19 +297,31 @@ class ConnectionActor(RecorderActor):
             ws.send_close(reason=b"shutdown")
         except Exception:  # the socket may already be gone; the reader then exits on its own
             ws.shutdown()
-        if reader is not None:
-            reader.join(timeout=max(0.5, self.cfg.shutdown_deadline_s / 3))
-            if reader.is_alive():
-                ws.shutdown()
-                reader.join(timeout=2.0)
+        if reader is not None and not _join_while_progressing(
+                reader, lambda: (self.credits.progress(), self.reader_end.bytes_read),
+                idle_s=max(0.5, self.cfg.shutdown_deadline_s / 3), cap_s=max(1.0, self.cfg.shutdown_deadline_s)):
+            ws.shutdown()
+            self.credits.close()  # a reader waiting for credit gives up now; what it held is counted as lost
+            reader.join(timeout=2.0)
         ws.shutdown()
         self.ws = None
+        end = self.reader_end
+        if reader is not None and not end.complete:
+            reason = f"shutdown before the stream ended: {end.reason or 'reader still running'}"
+            log.warning("stopped before the server's close frame; the session ends as a disconnect",
+                        extra={"fields": {"shard": self.shard_id, "session": self.session_id, "reason": reason}})
+        elif self.stop_reason is not None:
+            reason = self.stop_reason  # e.g. "root gone": not an orderly shutdown, whatever the socket did
+        else:
+            reason = "shutdown"
         if self.parser is not None:
-            self.parser.tell(SessionEnded(self.session_id, "shutdown", time.time_ns(), True))
+            tell_quietly(self.parser, SessionEnded(self.session_id, reason, time.time_ns(), reason == "shutdown"))
 
     def status(self) -> dict[str, object]:
-        return {**self.stats, **self.base_status(ActorState.STOPPING if self.stopping else ActorState.RUNNING),
+        return {**self.stats, **self.credits.status(),
+                **self.base_status(ActorState.STOPPING if self.stopping else ActorState.RUNNING),
                 "session": self.session_id, "connected": self.ws is not None,
+                "connected_ns": self.connected_since_ns if self.ws is not None else None,
                 "consecutive_failures": self.failures, "last_error": self.last_error,
                 "url": self.cfg.url, "topics": len(self.topics), "topics_refused": sorted(self.refusals.refused)}
 
@@ -279,46 +334,93 @@ def _retry_after_s(exc: websocket.WebSocketBadStatusException) -> float:
         return 60.0  # no usable Retry-After: wait a minute rather than hammer the endpoint
 
 
+def _join_while_progressing(reader: threading.Thread, progress: Callable[[], object], idle_s: float,
+                            cap_s: float) -> bool:
+    """Wait for ``reader`` to end while ``progress()`` keeps changing (bytes read, frames told or parsed),
+    at most ``cap_s`` in all; True if it ended."""
+    t0 = last = time.monotonic()
+    mark = progress()
+    while True:
+        reader.join(JOIN_POLL_S)
+        if not reader.is_alive():
+            return True
+        now = time.monotonic()
+        moved = progress()
+        if moved != mark:
+            mark, last = moved, now
+        if now - last > idle_s or now - t0 > cap_s:
+            return False
+
+
+class _ParserGone(Exception):
+    """The reader read frames it cannot hand over: the parser died, or the credits were closed."""
+
+
 def _read_loop(ws: websocket.WebSocket, session_id: int, parser: pykka.ActorRef[Any],
-               owner: pykka.ActorRef[Any], max_frame_bytes: int) -> None:
-    """Receive, stamp, tell. Ends on the server's close frame, a socket error or a timeout.
+               owner: pykka.ActorRef[Any], max_frame_bytes: int, credits: ByteCredits, end: ReaderEnd) -> None:
+    """Receive, stamp, take credit, tell. Ends on the server's close frame, EOF, a socket error or a timeout.
 
     websocket-client did the handshake; frames are read here straight from its socket (recorder.ws_frames):
-    every frame of one ``recv`` shares its receive time and goes to the parser in one message.
+    every frame of one ``recv`` shares its receive time and goes to the parser in one message, once the
+    byte credits allow it (the parser is not too far behind). While waiting for credit nothing is read.
     """
     reason = "closed"
     graceful = False
+    complete = False
     tell = parser.tell
+    alive = parser.is_alive
     sock = ws.sock
     if sock is None:  # closed between the handshake and this thread's start
-        tell_quietly(owner, ReaderExited(session_id, "socket closed before reading", False))
+        end.reason = "socket closed before reading"
+        tell_quietly(owner, ReaderExited(session_id, end.reason, False))
         return
     recv = sock.recv
     frames = FrameParser(max_frame_bytes)
     clock = time.time_ns
+
+    def hand_over(got: list[tuple[int, bytes]], recv_ns: int) -> bytes | None:
+        """Tell the data frames of one read to the parser, answer pings; the close frame's payload, if any."""
+        batch = []
+        size = 0
+        closing = None
+        for opcode, payload in got:
+            if opcode in (OP_TEXT, OP_BINARY):
+                batch.append((recv_ns, payload))
+                size += len(payload)
+            elif opcode == OP_PING:
+                ws.pong(payload)
+            elif opcode == OP_CLOSE:
+                closing = payload
+                break
+        if batch:
+            credit = credits.take(size, len(batch), alive)
+            if credit is None:
+                credits.drop(len(batch))
+                raise _ParserGone("the connection stopped waiting for the parser" if credits.closed
+                                  else "the parser is gone")
+            tell(RawFrames(session_id, tuple(batch), credit))
+        return closing
+
     try:
         while True:
             data = recv(_RECV_BYTES)
+            end.bytes_read += len(data)
             if not data:
                 reason = "socket closed by the peer without a close frame"
+                complete = True  # EOF: everything the server sent was read
                 break
             recv_ns = clock()
-            batch = []
-            closing = None
-            for opcode, payload in frames.feed(data):
-                if opcode in (OP_TEXT, OP_BINARY):
-                    batch.append((recv_ns, payload))
-                elif opcode == OP_PING:
-                    ws.pong(payload)
-                elif opcode == OP_CLOSE:
-                    closing = payload
-                    break
-            if batch:
-                tell(RawFrames(session_id, tuple(batch)))
+            try:
+                got = frames.feed(data)
+            except FramingError as exc:
+                hand_over(exc.frames, recv_ns)  # the intact frames before the bad one in this read
+                raise
+            closing = hand_over(got, recv_ns)
             if closing is not None:
                 code = int.from_bytes(closing[:2], "big") if len(closing) >= 2 else None
                 reason = f"server close code={code}"
                 graceful = code in (None, 1000, 1001)
+                complete = True
                 if ws.connected:  # the server started the close: answer it, as the RFC asks
                     with contextlib.suppress(Exception):
                         ws.send_close()
@@ -327,8 +429,11 @@ def _read_loop(ws: websocket.WebSocket, session_id: int, parser: pykka.ActorRef[
         reason = f"oversized frame refused: {exc}"
     except TimeoutError:
         reason = "stall: nothing received (no data, no pong) within ping interval + pong timeout"
+    except _ParserGone as exc:
+        reason = f"{exc}: {credits.frames_dropped} frames read were not handed over"
     except pykka.ActorDeadError:
-        return
+        reason = "the parser is gone"
     except Exception as exc:
         reason = f"socket error: {exc!r}"
+    end.graceful, end.complete, end.reason = graceful, complete, reason
     tell_quietly(owner, ReaderExited(session_id, reason, graceful))

@@ -44,7 +44,7 @@ class HealthActor(RecorderActor):
 
     @handles(TotalsRequest)
     def _on_totals(self, _message: TotalsRequest) -> RunTotals:
-        return run_totals([*(st for _, st in self.retired), *self.latest.values()])
+        return run_totals((st for _, st in self.retired), self.latest.values())
 
     @handles(ChildInfo)
     def _on_child(self, message: ChildInfo) -> None:
@@ -123,7 +123,7 @@ class HealthActor(RecorderActor):
         os.replace(tmp, req.path)  # readers never see a half-written dump
         topics = cast(dict[str, dict[str, Any]], dump["topics"])  # build() made it so
         processes = cast(dict[str, object], dump["processes"])
-        totals = run_totals([*(st for _, st in self.retired), *self.latest.values()])
+        totals = run_totals((st for _, st in self.retired), self.latest.values())
         synced = sum(1 for t in topics.values() if t.get("synced"))
         never = sum(1 for t in topics.values() if t.get("sessions") == 0 and not t.get("frames"))
         summary = (f"health dump written to {req.path}: {len(processes)} processes, "

@@ -1,4 +1,8 @@
-"""ParserActor: raw frames -> validated book updates (orjson, floats); bad frames counted and dropped."""
+"""ParserActor: raw frames -> validated book updates (orjson, floats); bad frames counted and dropped.
+
+Live, each ``RawFrames`` holds byte credits of its connection's reader (``l2rec.venue.credits``), given
+back once its frames are parsed: that is what keeps the bytes between the socket and the parser bounded.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,14 @@ from typing import Any
 
 import pykka
 
-from l2rec.actors.base import RecorderActor, Reporter, handles
+from l2rec.actors.base import RecorderActor, Reporter, handles, tell_quietly
 from l2rec.messages.book import BookUpdate, ParsedBatch, RejectedFrame
 from l2rec.messages.control import ServerReply, Tick
 from l2rec.messages.frames import EndOfStream, RawFrames, SessionEnded, SessionStarted
 from l2rec.runtime.faults import Faults
 from l2rec.runtime.logs import RateLimited
 from l2rec.supervision.states import ActorState
+from l2rec.venue.credits import ByteCredits
 from l2rec.venue.protocol import BOOK, OTHER_TOPIC, REJECT, REPLY, Reply, classify
 from l2rec.venue.refusals import ALREADY_SUBSCRIBED, PROBE_PREFIX
 
@@ -38,8 +43,10 @@ class ParserActor(RecorderActor):
         reporter: Reporter,
         faults: Faults,
         coalesce: bool = False,
+        credits: ByteCredits | None = None,
     ) -> None:
         super().__init__(reporter, faults)
+        self.credits = credits  # live: the reader's byte credits, given back per RawFrames parsed
         # Live: frames arrive one per message; when they come faster than parsed, hand the book
         # actor one batch for everything parsed while the inbox was non-empty (one hop per burst, not
         # per frame), and a frame at a time when traffic is sparse (latency stays low). Replay sends
@@ -101,6 +108,10 @@ class ParserActor(RecorderActor):
                 counts["other_topic"] += 1
         counts["frames"] += len(msg.frames)
         counts["book"] += sum(1 for i in items if i.__class__ is BookUpdate)
+        if self.credits is not None:
+            # Parsed: the reader may read as much again. Not in a ``finally``: frames of a message whose
+            # parsing failed stay in flight, and the shard counts them as lost.
+            self.credits.give_back(msg.credit, len(msg.frames))
         if not self.coalesce:
             # Always tell, even an empty batch: in replay each batch carries one flow-control credit.
             self.books.tell(ParsedBatch(msg.session_id, tuple(items)))
@@ -128,7 +139,10 @@ class ParserActor(RecorderActor):
             log.log(logging.DEBUG if probe_ok else logging.ERROR, "Bybit refused a request", extra={"fields": {
                 "ret_msg": reply.message, "topic": topic, "req_id": reply.req_id, "op": reply.op}})
         if self.connection is not None:
-            self.connection.tell(ServerReply(reply.kind, reply.ok, reply.req_id, reply.message, recv_ns, topic))
+            # Quietly: at a stop the connection stops first, and the parser drains the frames it still
+            # holds after that, replies among them; telling a stopped actor must not kill the parser.
+            tell_quietly(self.connection,
+                         ServerReply(reply.kind, reply.ok, reply.req_id, reply.message, recv_ns, topic))
 
     def status(self) -> dict[str, object]:
         c = self.counts

@@ -53,6 +53,14 @@ class Begin:
 
 
 @dataclass(frozen=True, slots=True)
+class StopReason:
+    """Shard -> connection, just before its stop: why the shard stops, for the session's record (e.g. "root
+    gone": the root vanished, and the session's end must not read like an orderly shutdown)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReaderExited:
     """Reader thread -> its connection actor: the session is over."""
 

@@ -12,10 +12,14 @@ class RawFrames:
     ``recv_ns`` is ``time.time_ns()`` stamped by the reader thread, or ``None`` in a replay of a file
     that does not carry receive times. A live connection sends the frames of one socket ``recv`` per
     message (they arrived together, so they share ``recv_ns``); the replay reader sends batches.
+
+    ``credit``: the bytes of the reader's byte credits (``l2rec.venue.credits``) this message holds; the
+    parser gives them back once it parsed the frames. 0 in replay, which has credits of its own.
     """
 
     session_id: int
     frames: tuple[tuple[int | None, str | bytes], ...]
+    credit: int = 0
 
 
 @dataclass(frozen=True, slots=True)

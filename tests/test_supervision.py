@@ -227,5 +227,14 @@ def test_symbols_are_split_across_shards_each_supervised_on_its_own(tmp_path: Pa
     assert restarts(rec, "shard-0") == []
     assert len(first_conns) == 2
     # Only shard-1's topic has a gap: its process died with whatever it had in flight.
-    gaps = rec.query("SELECT topic, reason, last_u, recovered_at IS NOT NULL FROM l2_gaps")
-    assert gaps == [("orderbook.50.SOLUSDT", "shard_restart", None, 1)]
+    gaps = rec.query("SELECT topic, reason, last_u, got_u, detected_ns, recovered_ns FROM l2_gaps")
+    assert [(g[0], g[1]) for g in gaps] == [("orderbook.50.SOLUSDT", "shard_restart")]
+    (_, _, last_u, got_u, detected_ns, recovered_ns), = gaps
+    # the gap spans the hole: from SOLUSDT's last row before the kill to its first row after
+    (last_recv,), = rec.query(f"SELECT recv_time_ns FROM {TABLE} WHERE symbol = 'SOLUSDT' AND sequence = ?",
+                              (last_u,))
+    (first_recv,), = rec.query(f"SELECT MIN(recv_time_ns) FROM {TABLE} WHERE symbol = 'SOLUSDT' AND "
+                               "recv_time_ns > ?", (last_recv,))
+    assert detected_ns == last_recv and recovered_ns is not None and recovered_ns <= first_recv + 1_000_000_000
+    assert rec.query(f"SELECT sequence FROM {TABLE} WHERE symbol = 'SOLUSDT' AND recv_time_ns = ?",
+                     (first_recv,)) == [(got_u,)]

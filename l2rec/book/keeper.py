@@ -7,7 +7,8 @@ Rules (architecture.md, bybit-v5.md):
 - ``u`` jumping ahead is a gap: the topic goes out of sync (no rows), the gap is recorded, and a
   resubscribe is requested; ``u`` below the last (and not 1) is stale: dropped and counted;
 - a delta before any snapshot, a crossed or locked book after a message, and a rejected frame of the topic
-  are gaps as well;
+  are gaps as well; so is a frame that would leave a side with more than ``max_levels(depth)`` levels
+  (counted as rejected, and in ``too_many_levels``);
 - while out of sync every frame of the topic is counted as inside the gap, until the next snapshot.
 Every book frame of a topic ends in exactly one counter: frames = rows + stale + in_gap + gaps + rejected
 (``gaps`` counts the frames that opened a gap; rows shed under backpressure move from rows to in_gap).
@@ -16,7 +17,7 @@ Every book frame of a topic ends in exactly one counter: frames = rows + stale +
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -25,7 +26,7 @@ from l2rec.book.rows import IsoMillis, make_row
 from l2rec.messages.book import BookUpdate, RejectedFrame
 from l2rec.messages.writer import GapRecord
 from l2rec.storage.schema import COL
-from l2rec.venue.protocol import split_topic
+from l2rec.venue.protocol import R_TOO_MANY_LEVELS, max_levels, split_topic
 
 _DEPTH = COL["depth"]
 _SYMBOL = COL["symbol"]
@@ -44,6 +45,7 @@ class GapReason(StrEnum):
     DISCONNECT = "disconnect"  # the websocket session ended
     SHARD_RESTART = "shard_restart"  # the shard process died and was restarted
     BACKPRESSURE = "backpressure"  # the writer link was full: rows were shed
+    DOWNTIME = "downtime"  # the recorder was not running: from the topic's last row to its first after
 
 
 GAP_U_JUMP = GapReason.U_JUMP
@@ -54,6 +56,7 @@ GAP_RESTART_DELTA = GapReason.RESTART_DELTA
 GAP_DISCONNECT = GapReason.DISCONNECT
 GAP_RESTART = GapReason.SHARD_RESTART
 GAP_BACKPRESSURE = GapReason.BACKPRESSURE
+GAP_DOWNTIME = GapReason.DOWNTIME
 
 
 @dataclass(slots=True)
@@ -73,9 +76,14 @@ class TopicState:
     resets: int = 0
     orphan_deletes: int = 0
     rejected: int = 0
+    too_many_levels: int = 0  # of ``rejected``: frames that would have made a side deeper than max_levels
     last_ts_ms: int | None = None
     last_recv_ns: int | None = None
     sessions: int = 0  # websocket sessions that subscribed it; 0: never connected
+    max_levels: int = field(init=False)  # levels a side may hold: max_levels(depth)
+
+    def __post_init__(self) -> None:
+        self.max_levels = max_levels(self.depth)
 
 
 class BookKeeper:
@@ -113,6 +121,9 @@ class BookKeeper:
         st.last_recv_ns = upd.recv_ns
         book = st.book
         if upd.is_snapshot:
+            if len(upd.bids) > st.max_levels or len(upd.asks) > st.max_levels:
+                self._refuse_too_many_levels(st, upd.u)  # classify() refuses these already
+                return None
             if upd.u == 1 and st.last_u is not None and st.last_u > 1:
                 st.resets += 1
                 self.resets.append((st.topic, st.last_u))
@@ -124,7 +135,7 @@ class BookKeeper:
                 return None
             if not st.synced:
                 st.synced = True
-                self._close_gap(st)
+                self._close_gap(st, upd.u)
         else:
             if not st.synced:
                 if st.open_gap is None:
@@ -145,7 +156,17 @@ class BookKeeper:
                 else:
                     st.stale += 1
                     return None
+            # The cost of a delta is bounded by its size (classify() refuses bigger ones already), and the
+            # book's size is checked after it is applied: a refused delta has changed the book, which is
+            # harmless, since the refusal clears it and the resync's snapshot replaces it.
+            lim = st.max_levels
+            if len(upd.bids) > 2 * lim or len(upd.asks) > 2 * lim:
+                self._refuse_too_many_levels(st, upd.u)
+                return None
             st.orphan_deletes += book.apply(upd.bids, upd.asks)
+            if len(book.bid_px) > lim or len(book.ask_px) > lim:
+                self._refuse_too_many_levels(st, upd.u)
+                return None
             st.last_u = upd.u
             if book.crossed():
                 self._open_gap(st, GAP_CROSSED, last, upd.u)
@@ -164,8 +185,19 @@ class BookKeeper:
         st = self._state(rej.topic, parsed[1], parsed[0])
         st.frames += 1
         st.rejected += 1
+        if rej.reason == R_TOO_MANY_LEVELS:
+            st.too_many_levels += 1
         if st.synced or st.open_gap is None:
             self._open_gap(st, GAP_REJECTED, st.last_u, None, count_frame=False)
+
+    def _refuse_too_many_levels(self, st: TopicState, got_u: int) -> None:
+        """A frame (already counted in ``frames``) would leave a side of the book with more than
+        ``max_levels(depth)`` levels: refused like a rejected frame of the topic (``rejected``, and a gap
+        with a resync when the topic was in sync)."""
+        st.rejected += 1
+        st.too_many_levels += 1
+        if st.synced or st.open_gap is None:
+            self._open_gap(st, GAP_REJECTED, st.last_u, got_u, count_frame=False)
 
     def on_disconnect(self, topics: tuple[str, ...] | None = None) -> None:
         """The connection dropped: every synced topic has a gap until its next snapshot."""
@@ -204,35 +236,51 @@ class BookKeeper:
                 st.rows -= 1
                 st.in_gap += 1
 
-    def on_process_restart(self, topics: tuple[str, ...]) -> None:
+    def on_process_restart(self, topics: tuple[str, ...],
+                           last_rows: Mapping[str, tuple[int, int]] | None = None) -> None:
         """This shard replaces one that died: whatever its topics had in flight is lost, so each topic
-        has a gap (last ``u`` unknown) until its first snapshot."""
+        has a gap until its first snapshot. With ``last_rows`` (topic -> (last u, time in ns) of its last
+        recorded row) the gap starts where the data stops, so it spans the whole hole."""
+        self._resume_gaps(topics, GAP_RESTART, last_rows or {}, every_topic=True)
+
+    def on_start_after_downtime(self, topics: tuple[str, ...], last_rows: Mapping[str, tuple[int, int]]) -> None:
+        """A fresh start of the recorder: each topic that has rows already has a ``downtime`` gap from its
+        last row until its first snapshot (nothing was recorded while the recorder was down)."""
+        self._resume_gaps(topics, GAP_DOWNTIME, last_rows, every_topic=False)
+
+    def _resume_gaps(self, topics: tuple[str, ...], reason: str, last_rows: Mapping[str, tuple[int, int]], *,
+                     every_topic: bool) -> None:
         for topic in topics:
             parsed = split_topic(topic)
-            if parsed is not None:
-                st = self._state(topic, parsed[1], parsed[0])
-                self._open_gap(st, GAP_RESTART, None, None, count_frame=False, resync=False)
+            last = last_rows.get(topic)
+            if parsed is None or (last is None and not every_topic):
+                continue
+            st = self._state(topic, parsed[1], parsed[0])
+            self._open_gap(st, reason, last[0] if last else None, None, count_frame=False, resync=False,
+                           detected_ns=last[1] if last else None)
 
     def _open_gap(self, st: TopicState, reason: str, last_u: int | None, got_u: int | None, *,
-                  count_frame: bool = True, resync: bool = True) -> None:
+                  count_frame: bool = True, resync: bool = True, detected_ns: int | None = None) -> None:
         if count_frame:
             st.gaps += 1
         st.synced = False
         st.book.clear()
         if st.open_gap is None:
             gap = GapRecord(self.category, st.topic, st.symbol, st.depth, last_u, got_u, reason,
-                            self.clock_ns(), None)
+                            self.clock_ns() if detected_ns is None else detected_ns, None)
             st.open_gap = gap
             self.gap_events.append(gap)
         if resync:
             self.resync_requests.append((st.topic, reason))
 
-    def _close_gap(self, st: TopicState) -> None:
+    def _close_gap(self, st: TopicState, first_u: int) -> None:
         gap = st.open_gap
         if gap is not None:
             st.open_gap = None
-            closed = GapRecord(gap.category, gap.topic, gap.symbol, gap.depth, gap.last_u, gap.got_u,
-                               gap.reason, gap.detected_ns, self.clock_ns())
+            # got_u: the u that revealed the gap, or (disconnects, restarts, downtime) the first u after it
+            closed = GapRecord(gap.category, gap.topic, gap.symbol, gap.depth, gap.last_u,
+                               gap.got_u if gap.got_u is not None else first_u, gap.reason, gap.detected_ns,
+                               self.clock_ns())
             self.gap_events.append(closed)
 
     def take_events(self) -> tuple[list[GapRecord], list[tuple[str, str]], list[tuple[str, int | None]]]:
@@ -246,7 +294,8 @@ class BookKeeper:
             t: {
                 "synced": st.synced, "last_u": st.last_u, "frames": st.frames, "rows": st.rows,
                 "stale": st.stale, "in_gap": st.in_gap, "gaps": st.gaps, "resets": st.resets,
-                "rejected": st.rejected, "orphan_deletes": st.orphan_deletes,
+                "rejected": st.rejected, "too_many_levels": st.too_many_levels,
+                "orphan_deletes": st.orphan_deletes,
                 "last_ts_ms": st.last_ts_ms, "last_recv_ns": st.last_recv_ns, "sessions": st.sessions,
                 # frames = rows + stale + in_gap + gaps + rejected, always: every frame accounted for
                 "unaccounted": st.frames - st.rows - st.stale - st.in_gap - st.gaps - st.rejected,

@@ -18,9 +18,11 @@ from multiprocessing.sharedctypes import Synchronized
 from typing import Any, ClassVar
 
 from l2rec.messages.health import Status
+from l2rec.messages.writer import SessionRecord
 from l2rec.processes.shard import run_shard
 from l2rec.processes.writer import run_writer
 from l2rec.runtime.config import RecorderConfig
+from l2rec.storage.sink import last_recorded
 from l2rec.supervision.policy import ChildPolicy
 from l2rec.supervision.specs import ShardSpec, WriterSpec
 from l2rec.supervision.states import Role
@@ -127,12 +129,24 @@ class ShardChild(Child):
     writer_address: str = ""
     synced: bool = False  # every book of the shard in sync, by its book actor's last report
     retry_after: Synchronized[float] | None = None
+    # The websocket session the last incarnation had open (its connection's last report), and how that
+    # incarnation ended: the next one closes the session in l2_sessions, which the dead one could not.
+    open_session: SessionRecord | None = None
+    ended: tuple[str, int] | None = None  # (reason, when in ns)
 
     def process_args(self, ctx: SpawnContext, ctl: Connection,
                      uplink: Connection) -> tuple[Callable[..., None], tuple[Any, ...]]:
         self.retry_after = ctx.Value("d", 0.0, lock=False)
+        # One index seek per topic, read-only, beside the writer (WAL: readers never wait for it).
+        resume = last_recorded(self.cfg, self.topics) if self.cfg.replay is None else ()
+        closing = None
+        if self.open_session is not None and self.ended is not None:
+            s, (reason, ended_ns) = self.open_session, self.ended
+            closing = SessionRecord(s.shard_id, s.session_id, s.url, s.topics, s.connected_ns, ended_ns, reason,
+                                    False)
+        self.open_session = self.ended = None
         spec = ShardSpec(self.cfg, self.shard_id, self.topics, self.writer_address, self.policy.restarts,
-                         (self.shard_id, self.shard_count))
+                         (self.shard_id, self.shard_count), resume, closing)
         return run_shard, (spec, ctl, uplink, self.retry_after)
 
     def reset(self) -> None:
@@ -141,7 +155,15 @@ class ShardChild(Child):
 
     def on_status(self, msg: Status, now: float) -> None:
         super().on_status(msg, now)
-        if msg.actor == "features":
+        if msg.actor == "connection":
+            s = msg.stats
+            sid, connected_ns, url, topics = s.get("session"), s.get("connected_ns"), s.get("url"), s.get("topics")
+            if s.get("connected") and isinstance(sid, int) and isinstance(connected_ns, int):
+                self.open_session = SessionRecord(self.shard_id, sid, str(url), int(topics) if isinstance(
+                    topics, int) else len(self.topics), connected_ns, None, None, None)
+            else:
+                self.open_session = None
+        elif msg.actor == "features":
             topics = msg.stats.get("topics")
             self.synced = isinstance(topics, dict) and len(topics) >= len(self.topics) and all(
                 t.get("synced") for t in topics.values())

@@ -141,7 +141,7 @@ class Root:
             totals = cast(RunTotals, self.health.ask(TotalsRequest(), timeout=5.0))
         except Exception:  # the health actor is gone: nothing to add up, say nothing false
             return exit_code
-        failed = totals.rows_failed + totals.rows_lost > 0
+        failed = totals.not_stored
         if self.cfg.replay is not None and exit_code == EXIT_OK:
             if self.stop_signal is not None:
                 exit_code = 128 + self.stop_signal
@@ -318,6 +318,10 @@ class Root:
                 continue
             retry_after = child.retry_after_s() if code == EXIT_RATE_LIMITED else None
             error = child.hang_reason or (f"exit code {code}" if code else None)
+            if isinstance(child, ShardChild):
+                # what its next incarnation writes as the end of the websocket session this one left open
+                why = "hung" if child.hang_reason else "killed" if code == -signal.SIGKILL else f"exit code {code}"
+                child.ended = (why, time.time_ns())
             decision = child.policy.on_exit(now, abnormal=code != 0, error=error, retry_after_s=retry_after)
             fields = {"child": child.name, "exitcode": code, "action": decision.action,
                       "attempt": decision.attempt, "delay_s": round(decision.delay_s, 3),

@@ -4,6 +4,8 @@ acknowledges each on its shard's link."""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 import threading
 import time
@@ -20,6 +22,7 @@ from l2rec.runtime.config import EX_CONFIG, RecorderConfig
 from l2rec.runtime.faults import Faults
 from l2rec.runtime.logs import RateLimited
 from l2rec.storage.link_server import LinkServer, WriterGone
+from l2rec.storage.sidecar import read_sidecars
 from l2rec.storage.sink import Sink, open_error_is_transient, open_sink
 from l2rec.storage.sqlite import SchemaError
 from l2rec.supervision.backoff import Backoff
@@ -56,6 +59,23 @@ def _open(cfg: RecorderConfig, ctl: Connection) -> Sink | None:
             return None
 
 
+def _record_earlier_losses(sink: Sink, db_path: str) -> None:
+    """Rows an earlier run could not store (its shards wrote them to sidecar files) become gap rows now."""
+    gaps, files = read_sidecars(db_path)
+    if not gaps:
+        return
+    try:
+        sink.write((), gaps)
+    except Exception as exc:  # still full or locked: keep the files for the next start, and say so
+        log.error("could not record the rows an earlier run lost; kept for the next start", extra={"fields": {
+            "files": len(files), "error": str(exc)}})
+        return
+    for path in files:
+        path.unlink(missing_ok=True)
+    log.warning("recorded the rows an earlier run could not store as gaps", extra={"fields": {
+        "gaps": len(gaps), "reason": "lost_at_stop"}})
+
+
 def run_writer(spec: WriterSpec, ctl: Connection, uplink_conn: Connection) -> None:
     """Writer process: accepts shard links, hands batches to the WriterActor, acks after each commit."""
     cfg = spec.cfg
@@ -65,6 +85,7 @@ def run_writer(spec: WriterSpec, ctl: Connection, uplink_conn: Connection) -> No
     sink = _open(cfg, ctl)
     if sink is None:
         return  # asked to stop while the database was still locked
+    _record_earlier_losses(sink, cfg.db_path)
     writer = WriterActor.start(sink, inflight, Reporter(uplink, Role.WRITER, "writer", None), faults)
     server = LinkServer(spec.address, inflight)
     uplink.put("ready")
@@ -98,5 +119,8 @@ def run_writer(spec: WriterSpec, ctl: Connection, uplink_conn: Connection) -> No
         log.critical("writer did not finish in time")
         sys.exit(EXIT_FAILED)
     log.info("writer stopped", extra={"fields": {"reason": stopping}})
+    if stopping == "root gone":
+        # The root was killed and cannot remove its run directory (this socket's); the writer leaves last.
+        shutil.rmtree(os.path.dirname(spec.address), ignore_errors=True)
     if sink.rows_failed:
         sys.exit(EXIT_ROWS_FAILED)  # the run was not clean: the root's exit code says so

@@ -19,6 +19,7 @@ from typing import Any
 from l2rec.supervision.policy import RESTART_TYPES, PolicyConfig
 from l2rec.supervision.states import RestartType
 from l2rec.venue.endpoints import CATEGORIES, LIVE_DEPTHS, NETWORKS, public_ws_url
+from l2rec.venue.protocol import MAX_ARGS_CHARS, args_chars
 
 ENV_PREFIX = "L2REC_"
 EX_CONFIG = 78
@@ -97,10 +98,26 @@ class RecorderConfig:
         return tuple(f"orderbook.{self.orderbook_depth}.{s}" for s in self.symbols)
 
     def shard_topics(self) -> list[tuple[str, ...]]:
-        """The live topics split into shards of ``symbols_per_shard``: one connection and process each."""
-        t = self.topics
+        """The live topics split into shards: one connection and process each.
+
+        In order, a shard takes topics until it holds ``symbols_per_shard`` of them or one more would take
+        its subscribe args past Bybit's per-connection limit (``MAX_ARGS_CHARS``, counted by
+        ``args_chars``). A topic too long to fit even alone gets a shard of its own; ``_check`` refuses it.
+        """
         n = self.symbols_per_shard
-        return [t[i:i + n] for i in range(0, len(t), n)]
+        groups: list[tuple[str, ...]] = []
+        group: list[str] = []
+        chars = 2  # the empty array's brackets
+        for topic in self.topics:
+            quoted = args_chars((topic,)) - 2  # the topic in quotes; a comma before it unless it comes first
+            if group and (len(group) >= n or chars + 1 + quoted > MAX_ARGS_CHARS):
+                groups.append(tuple(group))
+                group, chars = [], 2
+            chars += quoted + (1 if group else 0)
+            group.append(topic)
+        if group:
+            groups.append(tuple(group))
+        return groups
 
     def policy(self, restart: RestartType, *, critical: bool) -> PolicyConfig:
         return PolicyConfig(
@@ -352,6 +369,11 @@ def _check(cfg: RecorderConfig, explicit: set[str]) -> RecorderConfig:
             f"Bybit serves {cfg.category} order books at depths {', '.join(map(str, allowed))} "
             "(500 was removed in 2025; replay still accepts it)",
         )
-    if len(",".join(cfg.topics)) > 21_000:
-        raise ConfigError("symbols", len(cfg.symbols), "too many topics for one connection (21,000 chars)")
+    # Bybit's args limit is per connection, and shard_topics() packs the connections under it; only a
+    # topic too long for a connection of its own could break it (a valid symbol is at most 41 characters).
+    for group in cfg.shard_topics():
+        if args_chars(group) > MAX_ARGS_CHARS:
+            raise ConfigError("symbols", group[0].split(".", 2)[2],
+                              f"topic too long for one connection (Bybit's args limit is {MAX_ARGS_CHARS:,} "
+                              "characters per connection)")
     return cfg

@@ -15,7 +15,7 @@ from l2rec.supervision.states import Role
 
 # Per-topic counters of the book keeper that add up across incarnations (the rest are states).
 TOPIC_COUNTERS: tuple[str, ...] = ("frames", "rows", "stale", "in_gap", "gaps", "resets", "rejected",
-                                   "orphan_deletes", "unaccounted", "sessions")
+                                   "too_many_levels", "orphan_deletes", "unaccounted", "sessions")
 
 
 @dataclass(slots=True)
@@ -32,8 +32,17 @@ class RunTotals:
     rows_failed: int = 0  # rows the table refused: not stored
     rows_shed: int = 0  # live backpressure: rows dropped (each is a gap)
     rows_lost: int = 0  # rows a shard could not hand to the writer before it had to stop
+    frames_lost: int = 0  # frames read from the socket but never parsed (an actor stuck or dead at a stop)
+    # Lost at the run's own stop (the last incarnations): what the exit code must say. A crashed
+    # incarnation's losses are inside its shard_restart gap (and lost_at_stop gaps) already.
+    lost_at_final_stop: int = 0
     gaps: int = 0
     topics: tuple[str, ...] = ()
+
+    @property
+    def not_stored(self) -> bool:
+        """Rows the table refused, or rows and frames lost at the run's own stop: the run was not clean."""
+        return self.rows_failed + self.lost_at_final_stop > 0
 
     @property
     def rows_present(self) -> int:
@@ -47,6 +56,8 @@ class RunTotals:
                f"rejected frames: {rejected}, gaps {self.gaps}")
         if self.filtered:
             out += f", filtered out {self.filtered}"
+        if self.frames_lost:
+            out += f", frames lost at stop {self.frames_lost}"
         if self.rows_shed:
             out += f", rows shed under backpressure {self.rows_shed}"
         topics = ", ".join(self.topics) if len(self.topics) <= 5 else f"{len(self.topics)} topics"
@@ -58,11 +69,16 @@ def _int(stats: Mapping[str, object], key: str) -> int:
     return value if isinstance(value, int) else 0
 
 
-def run_totals(reports: Iterable[Status]) -> RunTotals:
-    """Add up the last report of every incarnation of every actor."""
+def run_totals(earlier: Iterable[Status], latest: Iterable[Status]) -> RunTotals:
+    """Add up the last report of every incarnation of every actor (``earlier``: of incarnations that
+    ended before the run's stop; ``latest``: of the last ones)."""
     t = RunTotals()
     topics: set[str] = set()
-    for st in reports:
+    latest = list(latest)
+    for st in latest:
+        if st.actor == "drain":
+            t.lost_at_final_stop += _int(st.stats, "rows_lost") + _int(st.stats, "frames_lost")
+    for st in [*earlier, *latest]:
         s = st.stats
         if st.role is Role.WRITER and st.actor == "writer":
             t.rows_written += _int(s, "rows_committed")
@@ -79,6 +95,7 @@ def run_totals(reports: Iterable[Status]) -> RunTotals:
                     t.rejected[reason] = t.rejected.get(reason, 0) + value
         elif st.actor == "drain":
             t.rows_lost += _int(s, "rows_lost")
+            t.frames_lost += _int(s, "frames_lost")
         elif st.actor == "features":
             t.rows_shed += _int(s, "rows_shed")
             per_topic = s.get("topics")

@@ -115,6 +115,12 @@ class WriterLink:
         self._append(rows, gaps, shard_id, sessions)
         return True
 
+    def unsent_rows(self) -> list[tuple[object, ...]]:
+        """The rows of every batch the writer has not acknowledged (after ``close`` gave up: the loss)."""
+        with self.cond:
+            blobs = [data for _, _, data in self.pending] + [data for _, data in self.unacked.values()]
+        return [row for data in blobs for row in decode(data).rows]
+
     def depth(self) -> int:
         """Batches not yet acknowledged."""
         return len(self.pending) + len(self.unacked)

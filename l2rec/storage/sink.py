@@ -17,6 +17,7 @@ here. The contract the rest of the recorder relies on:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from l2rec.messages.writer import GapRecord, SessionRecord
@@ -52,6 +53,24 @@ class Sink(Protocol):
     def close(self) -> None:
         """Flush and release everything; the sink is not used again."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class LastRow:
+    """Where a topic's recorded data stops: its last live row's ``u`` and time (receive time, else the
+    exchange's), so that a gap for the time the recorder (or a shard) was down starts where the data
+    does."""
+
+    topic: str
+    last_u: int
+    at_ns: int
+
+
+def last_recorded(cfg: RecorderConfig, topics: Sequence[str]) -> tuple[LastRow, ...]:
+    """The last live row of each of ``topics`` in the sink (none for a topic it has no live row of)."""
+    from l2rec.storage.sqlite import last_rows
+
+    return last_rows(cfg.db_path, cfg.table_name, cfg.category, topics)
 
 
 def check_sink(cfg: RecorderConfig) -> None:

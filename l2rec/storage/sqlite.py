@@ -34,6 +34,7 @@ from l2rec.storage.schema import (
     index_ddl,
     table_ddl,
 )
+from l2rec.storage.sink import LastRow
 
 log = logging.getLogger("recorder.storage")
 
@@ -77,6 +78,11 @@ def connect(path: str, *, busy_timeout_s: float = 1.0, max_pages: int = 0) -> sq
 # checkpoint inside a commit only happens if the Checkpointer stopped keeping up.
 WAL_RESTART_PAGES = 8192
 WAL_SAFETY_NET_PAGES = 65536
+# The -wal file is cut back to this many restart sizes when the WAL restarts (``journal_size_limit``).
+# SQLite reuses the file from its start rather than shrinking it, so after a long reader held restarts off
+# the file kept its peak size (244 MB after a 60 s export at 2,000 rows/s) until exit. Twice the restart
+# size: a WAL restarted on time never reaches it, so the file is not shrunk and regrown every cycle.
+WAL_FILE_LIMIT_RESTARTS = 2
 
 
 class Checkpointer:
@@ -93,6 +99,7 @@ class Checkpointer:
     """
 
     def __init__(self, path: str, *, restart_pages: int = WAL_RESTART_PAGES, idle_s: float = 0.05) -> None:
+        self.wal_path = path + "-wal"
         self.restart_pages = restart_pages
         self.idle_s = idle_s
         self.restart_due = threading.Event()
@@ -151,8 +158,12 @@ class Checkpointer:
         self._failing = self.last_error = str(exc)
 
     def status(self) -> dict[str, object]:
+        try:
+            file_bytes = os.stat(self.wal_path).st_size
+        except OSError:
+            file_bytes = 0  # no WAL file (yet, or any more)
         return {"checkpoints": self.checkpoints, "writer_turns": self.turns, "wal_restarts": self.restarts,
-                "last_error": self.last_error}
+                "file_bytes": file_bytes, "last_error": self.last_error}
 
     def close(self) -> None:
         self._stop.set()
@@ -250,6 +261,31 @@ def preflight(path: str, table: str) -> None:
         raise ConfigError("table_name", table, str(exc)) from None
 
 
+def last_rows(path: str, table: str, category: str, topics: Sequence[str]) -> tuple[LastRow, ...]:
+    """The last live row of each topic (read-only; the natural key's index leads with (symbol,
+    exchange_timestamp), so each is one index seek). Topics without one, or a database that cannot be
+    read, give nothing: the caller then knows no more than before."""
+    out: list[LastRow] = []
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return ()
+    try:
+        for topic in topics:
+            _, depth, symbol = topic.split(".", 2)
+            row = conn.execute(
+                f"SELECT sequence, exchange_timestamp, recv_time_ns FROM {table} WHERE symbol = ? AND "
+                "category = ? AND depth = ? AND data_source = 'live_trading' ORDER BY exchange_timestamp DESC "
+                "LIMIT 1", (symbol, category, int(depth))).fetchone()
+            if row is not None and row[0] is not None and row[1] is not None:
+                out.append(LastRow(topic, int(row[0]), int(row[2]) if row[2] is not None else int(row[1]) * 1_000_000))
+    except (sqlite3.Error, ValueError):
+        return tuple(out)
+    finally:
+        conn.close()
+    return tuple(out)
+
+
 def insert_sql(table: str) -> str:
     cols = ", ".join(ROW_COLUMNS)
     marks = ", ".join("?" * len(ROW_COLUMNS))
@@ -267,6 +303,11 @@ class Store:
         self.conn = connect(path, busy_timeout_s=busy_timeout_s, max_pages=max_pages)
         self.migration = ensure_schema(self.conn, table)
         self.checkpointer = Checkpointer(path, restart_pages=wal_restart_pages)
+        # The first commit after a WAL restart truncates the -wal file to this size (SQLite's
+        # journal_size_limit, which applies to the WAL when it is reset), on this connection: the writer's
+        # is the one that restarts the WAL.
+        page_size = int(self.conn.execute("PRAGMA page_size").fetchone()[0])
+        self.conn.execute(f"PRAGMA journal_size_limit={WAL_FILE_LIMIT_RESTARTS * wal_restart_pages * page_size}")
         self._insert = insert_sql(table)
         self._iso = IsoMillis()
         self.rows_offered = 0
@@ -341,7 +382,8 @@ class Store:
                 f"INSERT INTO {GAPS_TABLE} (category, topic, symbol, depth, last_u, got_u, reason, detected_at,"
                 " detected_ns, recovered_at, recovered_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (category, topic, detected_ns) DO UPDATE SET"
-                " recovered_at = excluded.recovered_at, recovered_ns = excluded.recovered_ns",
+                " recovered_at = excluded.recovered_at, recovered_ns = excluded.recovered_ns,"
+                f" got_u = COALESCE({GAPS_TABLE}.got_u, excluded.got_u)",
                 (gap.category, gap.topic, gap.symbol, gap.depth, gap.last_u, gap.got_u, gap.reason,
                  detected_at, gap.detected_ns, recovered_at, gap.recovered_ns),
             )

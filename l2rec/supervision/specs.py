@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from l2rec.messages.writer import SessionRecord
 from l2rec.runtime.config import RecorderConfig
+from l2rec.storage.sink import LastRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,11 @@ class ShardSpec:
     writer_address: str
     incarnation: int  # 0 for the first start; > 0 after a restart (its books were lost: a gap)
     partition: tuple[int, int]  # replay: (this shard's index, number of shards) of the file's topics
+    # live: where each topic's recorded data stopped, so that the gap for the time this shard (or the whole
+    # recorder) was down spans the hole, from the last row to the first row after
+    resume: tuple[LastRow, ...] = ()
+    # the session the previous incarnation left open, now closed (ended_ns, reason: killed, hung, ...)
+    close_session: SessionRecord | None = None
 
     @property
     def replay(self) -> bool:

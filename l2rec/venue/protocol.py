@@ -50,6 +50,32 @@ R_BAD_FIELDS = "bad_fields"
 R_BAD_LEVEL = "bad_level"
 R_SYMBOL = "bad_symbol"
 R_UNKNOWN_SHAPE = "unknown_shape"
+R_TOO_MANY_LEVELS = "too_many_levels"
+
+# Levels a side may hold beyond the subscribed depth. Bybit keeps an ``orderbook.{depth}`` book at exactly
+# ``depth`` levels a side after every delta: a level leaving the window is deleted in the same delta that
+# pushes it out (bybit-v5.md, observed on every recording; the docs promise nothing). The books are checked
+# after a whole delta, so the order of the changes inside it needs no margin; this one is insurance, since
+# a false refusal costs a gap and a resync while a few extra deep levels cost nothing (the features read
+# the top 10). The bound itself is what matters: it keeps a frame's cost proportional to the depth.
+EXTRA_LEVELS = 100
+
+
+def max_levels(depth: int) -> int:
+    """The most levels a side of an ``orderbook.{depth}`` book may hold; one more is ``too_many_levels``.
+
+    A snapshot may carry this many levels a side, a delta twice as many (it may delete every level of the
+    window and insert as many new ones), and the book after a delta this many again.
+    """
+    return depth + EXTRA_LEVELS
+
+
+# A frame larger than this is counted before it is decoded: decoding a 3.7 MB frame of 235k levels takes
+# ~0.15 s of CPU, counting its brackets ~3 ms. Any valid frame is counted as within bounds; the largest
+# valid ones (a depth-1000 delta replacing its whole window) are ~130 KB, a depth-1000 snapshot ~40 KB.
+_SCAN_BYTES = 64 * 1024
+_TOPIC_B = re.compile(rb'"topic"\s*:\s*"(orderbook\.([0-9]{1,9})\.[A-Za-z0-9\-_]+)"')
+_TOPIC_S = re.compile(r'"topic"\s*:\s*"(orderbook\.([0-9]{1,9})\.[A-Za-z0-9\-_]+)"')
 
 _new_update = BookUpdate._make
 
@@ -144,13 +170,40 @@ def _int_field(v: object) -> int:
     raise _Bad(R_BAD_FIELDS)
 
 
+def _too_many_levels_undecoded(payload: str | bytes, recv_ns: int | None) -> RejectedFrame | None:
+    """A large frame with more levels than its topic's depth allows, found without decoding it.
+
+    Each level is one ``[``: a valid frame holds at most the levels of a delta on both sides plus the two
+    side arrays. Only the topic is looked for (the first ``"topic"`` key); without one, or within bounds,
+    the frame is decoded and checked as usual.
+    """
+    if isinstance(payload, bytes):
+        m = _TOPIC_B.search(payload)
+        if m is None:
+            return None
+        topic, depth, brackets = m.group(1).decode(), int(m.group(2)), payload.count(b"[")
+    else:
+        ms = _TOPIC_S.search(payload)
+        if ms is None:
+            return None
+        topic, depth, brackets = ms.group(1), int(ms.group(2)), payload.count("[")
+    if brackets <= 4 * max_levels(depth) + 2:
+        return None
+    return RejectedFrame(R_TOO_MANY_LEVELS, topic, recv_ns)
+
+
 def classify(payload: str | bytes, recv_ns: int | None) -> tuple[FrameKind, object]:
     """Classify and convert one frame.
 
     Returns ``(BOOK, BookUpdate)``, ``(REPLY, Reply)``, ``(OTHER_TOPIC, topic)`` or
     ``(REJECT, RejectedFrame)``. A reject carries the topic when the frame's topic was readable, so the
-    caller can resynchronise that book.
+    caller can resynchronise that book. A frame with more levels a side than its depth allows
+    (``max_levels``) is ``too_many_levels``; a large one is refused before it is decoded.
     """
+    if len(payload) > _SCAN_BYTES:
+        oversized = _too_many_levels_undecoded(payload, recv_ns)
+        if oversized is not None:
+            return REJECT, oversized
     try:
         msg = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -191,8 +244,15 @@ def classify(payload: str | bytes, recv_ns: int | None) -> tuple[FrameKind, obje
             cts = _int_field(cts)
         if u < 0 or not 0 < ts < _TS_MAX_MS:
             raise _Bad(R_BAD_FIELDS)
-        bids = parse_levels(data.get("b"))
-        asks = parse_levels(data.get("a"))
+        raw_bids = data.get("b")
+        raw_asks = data.get("a")
+        # Counted before any level is parsed: a side's size bounds the work of the frame and of its book.
+        cap = depth + EXTRA_LEVELS if is_snapshot else 2 * (depth + EXTRA_LEVELS)  # max_levels(), inlined
+        if (raw_bids.__class__ is list and len(raw_bids) > cap) or (
+                raw_asks.__class__ is list and len(raw_asks) > cap):
+            raise _Bad(R_TOO_MANY_LEVELS)
+        bids = parse_levels(raw_bids)
+        asks = parse_levels(raw_asks)
     except _Bad as bad:
         return REJECT, RejectedFrame(bad.reason, topic, recv_ns)
     return BOOK, _new_update((topic, symbol, depth, is_snapshot, u, seq, ts, cts, recv_ns, bids, asks))
@@ -220,6 +280,21 @@ def subscribe_requests(op: str, topics: Iterable[str], batch_args: int, req_pref
     for n, i in enumerate(range(0, len(items), batch_args)):
         req_id = f"{req_prefix}-{op}-{n}"
         yield req_id, orjson.dumps({"req_id": req_id, "op": op, "args": items[i:i + batch_args]})
+
+
+# Bybit: "For one public connection, the total length of args must not exceed 21,000 characters".
+MAX_ARGS_CHARS = 21_000
+
+
+def args_chars(topics: Iterable[str]) -> int:
+    """How many characters ``topics`` count against ``MAX_ARGS_CHARS`` on one connection.
+
+    Bybit does not say how it counts, so this takes the largest plausible reading: the compact JSON array
+    of every topic of the connection, as if sent in one request (``["orderbook.50.A","orderbook.50.B"]``:
+    each topic plus its two quotes, a comma between topics, two brackets). Any smaller reading (the topics
+    alone, or joined by commas) is then under the limit too.
+    """
+    return len(orjson.dumps(list(topics)))  # compact; topics are ASCII, so bytes are characters
 
 
 def ping_request(req_id: str) -> bytes:

@@ -3,7 +3,8 @@
 websocket-client parses one frame per call in pure Python (several small reads, an object per frame);
 here one ``recv`` of up to 256 KiB is split into every frame it holds, in one loop, and those frames are
 told to the parser as one message. A frame's length is checked from its header, before its payload is
-buffered: a frame larger than ``max_bytes`` is refused without being read.
+buffered: a frame larger than ``max_bytes`` is refused without being read. The frames that came complete
+before a refused (or malformed) one are not lost with it: the error carries them.
 """
 
 from __future__ import annotations
@@ -16,11 +17,23 @@ OP_PING = 0x9
 OP_PONG = 0xA
 
 
-class FrameTooLarge(Exception):
+class FramingError(Exception):
+    """The byte stream cannot be read past this point.
+
+    ``frames`` are the complete frames, ``(opcode, payload)`` in order, that the same ``feed`` found before
+    the fault: they arrived intact and are the caller's to handle like any others.
+    """
+
+    def __init__(self, message: str, frames: list[tuple[int, bytes]] | None = None) -> None:
+        super().__init__(message)
+        self.frames: list[tuple[int, bytes]] = frames if frames is not None else []
+
+
+class FrameTooLarge(FramingError):
     """A frame header announced more bytes than allowed."""
 
 
-class ProtocolError(Exception):
+class ProtocolError(FramingError):
     """The byte stream is not valid websocket framing."""
 
 
@@ -47,6 +60,8 @@ class FrameParser:
         self._frag_size = 0
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """The frames ``data`` completed, in order. Raises a ``FramingError`` (``FrameTooLarge``,
+        ``ProtocolError``) carrying the frames completed before the fault; the stream is unusable after."""
         buf = self._buf + data if self._buf else data
         out: list[tuple[int, bytes]] = []
         i = 0
@@ -68,7 +83,7 @@ class FrameParser:
                 ln = int.from_bytes(buf[h:h + 8], "big")
                 h += 8
             if ln > max_bytes or self._frag_size + ln > max_bytes:
-                raise FrameTooLarge(f"{ln} bytes > max_frame_bytes {max_bytes}")
+                raise FrameTooLarge(f"{ln} bytes > max_frame_bytes {max_bytes}", out)
             mask = None
             if b1 & 0x80:
                 if n - h < 4:
@@ -83,14 +98,14 @@ class FrameParser:
                 payload = _unmask(payload, mask)
             i = end
             if b0 & 0x70:
-                raise ProtocolError("reserved bits set (no extension was negotiated)")
+                raise ProtocolError("reserved bits set (no extension was negotiated)", out)
             opcode = b0 & 0x0F
             fin = b0 & 0x80
             if opcode >= 0x8:  # control frames are never fragmented and may interleave
                 out.append((opcode, payload))
             elif opcode == OP_CONT:
                 if not self._frag:
-                    raise ProtocolError("continuation frame without a first fragment")
+                    raise ProtocolError("continuation frame without a first fragment", out)
                 self._frag.append(payload)
                 self._frag_size += ln
                 if fin:
@@ -98,14 +113,15 @@ class FrameParser:
                     self._frag, self._frag_size = [], 0
             elif fin:
                 if self._frag:
-                    raise ProtocolError("new message before the last one's final fragment")
+                    raise ProtocolError("new message before the last one's final fragment", out)
                 out.append((opcode, payload))
             else:
                 if self._frag:
-                    raise ProtocolError("new message before the last one's final fragment")
+                    raise ProtocolError("new message before the last one's final fragment", out)
                 self._frag, self._frag_op, self._frag_size = [payload], opcode, ln
         self._buf = buf[i:] if i < n else b""
         return out
 
     def buffered(self) -> int:
+        """Bytes held for frames not complete yet (the partial frame and the fragments of a message)."""
         return len(self._buf) + self._frag_size

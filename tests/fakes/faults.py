@@ -18,7 +18,7 @@ from .synthetic import Msg, SyntheticBook
 
 # Fault kinds, by what they act on.
 FEED_FAULTS = frozenset({"u_jump", "u_restart"})  # the topic's shared book: every subscriber sees them
-FRAME_FAULTS = frozenset({"stale", "crossed", "malformed", "oversized"})  # one extra frame, one subscription
+FRAME_FAULTS = frozenset({"stale", "crossed", "malformed", "oversized", "flood"})  # one extra frame, one subscription
 CONN_FAULTS = frozenset({"drop", "close", "stall", "unsub_ignored"})  # the subscription's connection
 FAULT_KINDS = FEED_FAULTS | FRAME_FAULTS | CONN_FAULTS
 MALFORMED_VARIANTS: tuple[str, ...] = (
@@ -27,11 +27,12 @@ MALFORMED_VARIANTS: tuple[str, ...] = (
 UNSUB_MODES: tuple[str, ...] = ("silent", "ack")
 _DEFAULT_ARG: dict[str, int | str] = {
     "u_jump": 5, "stale": 2, "malformed": "nan", "oversized": 32 * 2**20, "close": 1000,
-    "unsub_ignored": "silent",
+    "unsub_ignored": "silent", "flood": 4 * 2**20 - 4096,
 }
 _MIN_OVERSIZED = 1024  # the JSON envelope (topic, type, ts) must fit; anything smaller is not "oversized"
 STALE_HISTORY = 32  # regular frames remembered per subscription, for "stale" re-sends
 CLOSE_REASON = "maintenance"
+FLOOD_SYMBOL = "FLOODUSDT"  # nobody subscribes it: "flood" frames are of orderbook.<depth>.FLOODUSDT
 
 
 
@@ -46,7 +47,8 @@ class Fault:
     subscription's snapshot; with ``after_frames >= 1`` exactly ``after_frames`` data frames of the topic
     (of any topic if None) precede the fault's frame or event on that connection. ``once`` True: the
     fault fires one time in all; False: it stays armed and fires again after another ``after_frames``
-    frames on the same subscription (connection), and on every other one.
+    frames on the same subscription (connection), and on every other one; ``limit`` (``once`` False
+    only) caps how many times it fires in all (None: no cap).
 
     What (``arg`` default in brackets):
 
@@ -66,6 +68,12 @@ class Fault:
     * ``oversized`` [32 MiB]: one text frame of exactly ``arg`` bytes: a JSON object with the topic, type
       ``"delta"``, ts and a ``"pad"`` string. Recorded once handed to the socket even if the client
       refuses it mid-transfer.
+    * ``flood`` [4 MiB - 4 KiB]: one text frame of exactly ``arg`` bytes of a topic no client subscribed
+      (``orderbook.<depth of topic>.FLOODUSDT``, see ``flood_topic``): a well-formed delta whose ``data``
+      holds a ``"pad"`` object of many small keys, so a client decodes all of it before it can tell the
+      topic is not its own (~70 ms a 4 MiB frame with orjson). Recorded under that topic
+      (``SentFrame.topic``), not the subscription's. With ``once=False`` and ``limit``, a paced flood of
+      large frames beside the subscription's stream.
     * ``drop``: abort the connection (no close frame: the client sees 1006).
     * ``close`` [1000]: close handshake with code ``arg`` and reason ``"maintenance"``.
     * ``stall``: the connection stays open but nothing more is sent on it -- no data, no JSON pongs, no
@@ -84,6 +92,7 @@ class Fault:
     after_frames: int = 0
     arg: int | float | str | None = None
     once: bool = True
+    limit: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse a fault that could never fire as asked, at construction rather than mid-test."""
@@ -102,8 +111,10 @@ class Fault:
             raise ValueError(f"u_jump arg must be an int >= 1 (update ids skipped), got {arg!r}")
         if self.kind == "stale" and not (isinstance(arg, int) and 1 <= arg <= STALE_HISTORY):
             raise ValueError(f"stale arg must be an int in 1..{STALE_HISTORY} (frames back), got {arg!r}")
-        if self.kind == "oversized" and not (isinstance(arg, int) and arg >= _MIN_OVERSIZED):
-            raise ValueError(f"oversized arg must be an int >= {_MIN_OVERSIZED} (bytes), got {arg!r}")
+        if self.kind in ("oversized", "flood") and not (isinstance(arg, int) and arg >= _MIN_OVERSIZED):
+            raise ValueError(f"{self.kind} arg must be an int >= {_MIN_OVERSIZED} (bytes), got {arg!r}")
+        if self.limit is not None and (self.once or not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"limit must be an int >= 1 and needs once=False, got {self.limit!r}")
         if self.kind == "close" and not (isinstance(arg, int) and (arg in EXTERNAL_CLOSE_CODES
                                                                    or 3000 <= arg <= 4999)):
             # 1004-1006 and 1015 must never be sent on the wire; websockets refuses them too.
@@ -115,12 +126,12 @@ class Fault:
     @property
     def effective_arg(self) -> int | float | str | None:
         """``arg``, or the kind's default when None (u_jump 5, stale 2, malformed "nan", oversized 32 MiB,
-        close 1000, unsub_ignored "silent")."""
+        close 1000, unsub_ignored "silent", flood 4 MiB - 4 KiB)."""
         return self.arg if self.arg is not None else _DEFAULT_ARG.get(self.kind)
 
     @classmethod
     def parse(cls, spec: str) -> Fault:
-        """``"kind"`` or ``"kind:topic=T,after=N,arg=X,once=false"`` (for the CLI's ``--fault``)."""
+        """``"kind"`` or ``"kind:topic=T,after=N,arg=X,once=false,limit=N"`` (for the CLI's ``--fault``)."""
         kind, _, rest = spec.partition(":")
         kw: dict[str, Any] = {}
         for item in filter(None, (p.strip() for p in rest.split(","))):
@@ -133,6 +144,8 @@ class Fault:
                 kw["after_frames"] = int(value)
             elif key == "once":
                 kw["once"] = value.lower() not in ("0", "false", "no")
+            elif key == "limit":
+                kw["limit"] = int(value)
             elif key == "arg":
                 kw["arg"] = int(value) if re.fullmatch(r"\d+", value) else value
             else:
@@ -217,11 +230,12 @@ class FaultSchedule:
         return due
 
     def spend(self, armed: Armed, subs: Iterable[Counted]) -> None:
-        """Count a firing; retire a once-fault, or restart the count of a repeating one on ``subs``."""
+        """Count a firing; retire a once-fault (or a repeating one that reached its ``limit``), or restart
+        the count of a repeating one on ``subs``."""
         armed.fired += 1
         with self.lock:
             self.fired[armed.fault.kind] += 1
-        if armed.fault.once:
+        if armed.fault.once or (armed.fault.limit is not None and armed.fired >= armed.fault.limit):
             armed.done = True
             self.armed.remove(armed)
             return
@@ -251,6 +265,33 @@ def next_claim(book: SyntheticBook) -> tuple[int, int]:
     return book.u + 1, book.seq + 1
 
 
+def flood_topic(topic: str) -> str:
+    """The topic of the "flood" frames a subscription of ``topic`` gets: same depth, a symbol nobody asked
+    for."""
+    return f"orderbook.{topic.split('.')[1]}.{FLOOD_SYMBOL}"
+
+
+_flood_pads: dict[int, str] = {}  # room in bytes -> the "pad" object that fills it (built once per size)
+
+
+def _flood_frame(topic: str, size: int, ts: int) -> str:
+    """A well-formed delta of ``flood_topic(topic)`` of exactly ``size`` bytes: one bid level, and a
+    ``"pad"`` object of small keys in ``data`` that a JSON decoder must build one by one (~70 ms a 4 MiB
+    frame with orjson, ~20x what reading it costs) -- few ``[``, so no level-count check refuses it unread."""
+    head = (f'{{"topic":"{flood_topic(topic)}","type":"delta","ts":{ts},"data":{{"s":"{FLOOD_SYMBOL}",'
+            '"b":[["10000.00","1.000"]],"a":[],"u":1,"seq":1,"pad":{')
+    tail = f'}}}},"cts":{ts}}}'
+    room = size - len(head) - len(tail)
+    pad = _flood_pads.get(room)
+    if pad is None:
+        key = 12  # len('"k0000000":0'), plus a comma between keys
+        n = max(0, (room + 1) // (key + 1))
+        pad = ",".join(f'"k{i:07d}":0' for i in range(n))
+        pad += " " * (room - len(pad))  # JSON whitespace: exactly ``size`` bytes
+        _flood_pads[room] = pad
+    return head + pad + tail
+
+
 def extra_frame(topic: str, book: SyntheticBook, history: Sequence[tuple[str, str]],
                 fault: Fault) -> tuple[str, str] | None:
     """(text, kind) of the one frame a FRAME_FAULTS fault sends on a subscription of ``topic`` whose last
@@ -267,6 +308,9 @@ def extra_frame(topic: str, book: SyntheticBook, history: Sequence[tuple[str, st
         head = f'{{"topic":"{topic}","type":"delta","ts":{ts},"pad":"'
         tail = '"}'
         return head + "x" * (arg - len(head) - len(tail)) + tail, KIND_INVALID
+    if fault.kind == "flood":
+        assert isinstance(arg, int)
+        return _flood_frame(topic, arg, ts), KIND_DELTA
     if fault.kind == "malformed" and arg == "not_json":
         return f'{{"topic":"{topic}", garbage', KIND_INVALID
     kind = KIND_SNAPSHOT if book.depth == 1 else KIND_DELTA

@@ -38,6 +38,7 @@ from .faults import (
     Fault,
     extra_frame,
     feed_message,
+    flood_topic,
 )
 from .protocol import KIND_EVENT, KIND_REPLY, KIND_SNAPSHOT, Reply, dumps, now_ms
 from .synthetic import SyntheticBook
@@ -281,12 +282,14 @@ class ScriptedCore(Core[ScriptedConn, ScriptedSub, ScriptedFeed]):
             sub.conn.queue.put_nowait(Out(pending.text, None, KIND_REPLY))
 
     def _offer(self, sub: ScriptedSub, text: str, kind: str, fault: str | None = None,
-               fault_arg: int | float | str | None = None) -> None:
+               fault_arg: int | float | str | None = None, topic: str | None = None) -> None:
+        """Queue a data frame on ``sub``'s connection; recorded under ``topic`` (a "flood" frame's own) or,
+        by default, the subscription's topic."""
         conn = sub.conn
         if conn.halted:
             return  # a drop/close/stall is queued: nothing behind it would ever be sent
         if sub.cap is None or sub.queued < sub.cap:
-            conn.queue.put_nowait(Out(text, sub.feed.topic, kind, fault, fault_arg))
+            conn.queue.put_nowait(Out(text, topic or sub.feed.topic, kind, fault, fault_arg))
             sub.queued += 1
             self.faults.count(sub)
         if sub.cap is not None and sub.queued >= sub.cap:
@@ -344,7 +347,8 @@ class ScriptedCore(Core[ScriptedConn, ScriptedSub, ScriptedFeed]):
                     extra = extra_frame(feed.topic, feed.book, sub.history, fault)
                     if extra is None:
                         continue
-                    self._offer(sub, extra[0], extra[1], fault.kind, fault.effective_arg)
+                    self._offer(sub, extra[0], extra[1], fault.kind, fault.effective_arg,
+                                topic=flood_topic(feed.topic) if fault.kind == "flood" else None)
                     faults.spend(armed, [sub])  # after the offer: its own frame must not count for next time
                 else:
                     faults.spend(armed, [sub])
