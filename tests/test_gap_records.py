@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -109,3 +110,36 @@ def test_when_the_root_vanishes_the_children_say_so_and_leave_no_run_directory(t
     assert not list(run_tmp.glob("l2rec-*"))
     (reason, graceful), = rec.query("SELECT reason, graceful FROM l2_sessions")
     assert reason == "root gone" and graceful == 0
+
+
+def test_a_frozen_shard_s_gap_spans_the_whole_hole(tmp_path: Path) -> None:
+    """SIGSTOP: the root's hang detection kills the frozen shard and restarts it; the gap begins at the last
+    row before the freeze, not when the restart was noticed, and the session ends as 'hung'."""
+    env = {"L2REC_HEARTBEAT_TIMEOUT_S": "3", "L2REC_CONNECT_TIMEOUT_S": "1", "L2REC_RESTART_BACKOFF_MIN_S": "0.1"}
+    with FakeBybit(symbols=["BTCUSDT"], interval_ms=5, seed=6) as srv:
+        rec = RecorderProcess(tmp_path, srv.url, "BTCUSDT", env=env)
+        try:
+            rec.wait_rows(20)
+            dump = wait_for(lambda: (d := rec.dump())["actors"].get("shard:0:connection", {}).get("connected_ns")
+                            and d, 30, "a report of the open session")
+            assert isinstance(dump, dict)
+            shard = dump["processes"]["shard-0"]["pid"]
+            os.kill(shard, signal.SIGSTOP)
+            stopped_ns = time.time_ns()
+            wait_for(lambda: rec.log_events("child hung; killing it"), 60, "the hang detection")
+            n = rec.row_count()
+            wait_for(lambda: rec.row_count() > n + 20, 60, "rows from the restarted shard")
+        finally:
+            assert rec.stop() == 0
+    # the last row before the freeze (the restart comes after the 3 s hang timeout, so 1 s is a safe cut)
+    (frozen_at,), = rec.query(f"SELECT MAX(recv_time_ns) FROM {TABLE} WHERE recv_time_ns < ?",
+                              (stopped_ns + 1_000_000_000,))
+    (reason, last_u, got_u, detected_ns, recovered_ns), = rec.query(
+        "SELECT reason, last_u, got_u, detected_ns, recovered_ns FROM l2_gaps")
+    assert reason == "shard_restart" and detected_ns == frozen_at
+    assert rec.query(f"SELECT sequence FROM {TABLE} WHERE recv_time_ns = ?", (frozen_at,)) == [(last_u,)]
+    (first_after,), = rec.query(f"SELECT MIN(recv_time_ns) FROM {TABLE} WHERE recv_time_ns > ?", (frozen_at,))
+    assert recovered_ns - detected_ns >= 3_000_000_000  # the hole is the whole freeze, > the hang timeout
+    assert rec.query(f"SELECT sequence FROM {TABLE} WHERE recv_time_ns = ?", (first_after,)) == [(got_u,)]
+    sessions = rec.query("SELECT reason, graceful FROM l2_sessions ORDER BY id")
+    assert sessions[0] == ("hung", 0)
