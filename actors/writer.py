@@ -37,9 +37,11 @@ class WriterActor(RecorderActor):
 
     name = "writer"
 
-    def __init__(self, sink: Sink, inflight: threading.Semaphore, reporter: Reporter, faults: Faults) -> None:
+    def __init__(self, sink: Sink, inflight: threading.Semaphore, reporter: Reporter, faults: Faults,
+                 final_cleanup_s: float = 10.0) -> None:
         super().__init__(reporter, faults)
         self.store = sink
+        self.final_cleanup_s = final_cleanup_s
         self.rows_failed_logged = 0
         self.inflight = inflight
         self.gaps_written = 0
@@ -65,6 +67,9 @@ class WriterActor(RecorderActor):
 
     @handles(Tick)
     def _on_tick(self, tick: Tick) -> None:
+        # Retention and archive: one short step per Tick (the sink bounds it to a few tens of ms), between
+        # write groups, so a commit never waits behind a long DELETE.
+        self.store.cleanup_step(tick.now_ns)
         self.report(tick.now_ns)
 
     def _drain(self) -> None:
@@ -134,6 +139,16 @@ class WriterActor(RecorderActor):
         self.retry_pending = True
         tell_later(self.actor_ref, delay, RetryWrites(self.failures))
 
+    def _final_cleanup(self) -> None:
+        """Archive the hours closed by the last rows and clean up once more, for at most final_cleanup_s:
+        what is left (a very large first cleanup) is done at the next start."""
+        deadline = time.monotonic() + self.final_cleanup_s
+        while not self.store.cleanup_step(time.time_ns(), final=True):
+            if time.monotonic() > deadline:
+                log.warning("retention/archive work left for the next start", extra={"fields": {
+                    "after_s": self.final_cleanup_s}})
+                return
+
     def status(self) -> dict[str, object]:
         s = self.store
         lat = sorted(self.latency_ms)
@@ -161,6 +176,7 @@ class WriterActor(RecorderActor):
                     "error": self.last_error}})
         if self.store.rows_failed != self.rows_failed_logged:
             self._log_failed_rows(force=True)  # the last word on them, whatever was held back
+        self._final_cleanup()
         self.report(time.time_ns(), force=True)
         self.store.close()
         log.info("writer closed", extra={"fields": {"rows_committed": self.store.rows_inserted,

@@ -200,7 +200,9 @@ def run_replay(stream: Path, workdir: Path, frames: int) -> ReplayRun:
     with err_path.open("wb") as err:
         t_exec = time.time()
         t0 = time.perf_counter()
-        proc = psutil.Popen(supervisor_cmd("--replay", str(stream), "--db", str(db), "--health-file",
+        # --category: synthetic frames fit linear and spot alike, and a replay never guesses
+        proc = psutil.Popen(supervisor_cmd("--replay", str(stream), "--category", "linear", "--db", str(db),
+                                           "--health-file",
                                            str(workdir / "health.json"), "--log-level", "INFO"),
                             cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL, stderr=err)
         watcher = TreeWatcher(proc.pid).start()
@@ -705,9 +707,17 @@ def live_part(args: argparse.Namespace) -> None:
     fake_ps = psutil.Process(fake.pid)
     err = (work / "stderr.txt").open("wb")
     t_exec = time.time()
+    # issue 12: retention of a few minutes and an archive, so the database should stop growing
+    extra_env: dict[str, str] = {}
+    if args.live_retention_hours:
+        extra_env["L2REC_DATA_RETENTION_HOURS"] = str(args.live_retention_hours)
+        extra_env["L2REC_CLEANUP_INTERVAL_S"] = "10"
+    if args.live_archive:
+        extra_env["L2REC_ARCHIVE_DIR"] = str(work / "archive")
     proc = psutil.Popen(supervisor_cmd("--ws-url", url, "--symbols", ",".join(symbols), "--db", str(db),
                                        "--health-file", str(health), "--log-level", "INFO"),
-                        cwd=ROOT, env=clean_env(), stdout=subprocess.DEVNULL, stderr=err)
+                        cwd=ROOT, env=clean_env(**extra_env), stdout=subprocess.DEVNULL, stderr=err)
+    db_sizes: list[tuple[float, int]] = []  # (t, bytes of the database file)
     watcher = TreeWatcher(proc.pid, interval=1.0, pss=True).start()
     probe = LatencyProbe(db).start()
     profile = (LiveProfile(args.live_profile, n, max(15.0, secs / 2 - 10), min(20.0, secs / 3))
@@ -751,6 +761,8 @@ def live_part(args: argparse.Namespace) -> None:
                              for f in ("in_gap", "gaps", "stale", "rejected"))
             samples.append(s)
             load.append((s.t, os.getloadavg()[0]))
+            with contextlib.suppress(OSError):
+                db_sizes.append((s.t, db.stat().st_size))
             if profile is not None:
                 profile.maybe_start(s.t, proc.pid)
             if len(samples) % 10 == 0:
@@ -787,7 +799,7 @@ def live_part(args: argparse.Namespace) -> None:
     startup = max(t for t in started if t is not None) - t_exec if started and all(started) else None
     _print_log_summary(log_lines)
     _print_live(args, samples, probe, t_start, load, final, rows_total, gaps, code, stop_s, startup, has_writer_lat,
-                profile.window if profile is not None else None)
+                profile.window if profile is not None else None, db_sizes)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:
@@ -817,7 +829,7 @@ def _print_log_summary(lines: list[str], top: int = 10) -> None:
 def _print_live(args: argparse.Namespace, samples: list[LiveSample], probe: LatencyProbe, t_start: float,
                 load: list[tuple[float, float]], final: dict[str, Any] | None, rows_total: int, gaps: int,
                 code: int | None, stop_s: float, startup: float | None, has_writer_lat: bool,
-                profiled: tuple[float, float] | None) -> None:
+                profiled: tuple[float, float] | None, db_sizes: list[tuple[float, int]] | None = None) -> None:
     if len(samples) < 3:
         print("live: too few samples")
         return
@@ -930,6 +942,13 @@ def _print_live(args: argparse.Namespace, samples: list[LiveSample], probe: Late
           + ("MET" if flat else "NOT MET"))
     if samples[-1].t < 300:
         print(f"  (a {samples[-1].t:.0f} s run; the target is 5 minutes: run with --live-seconds 300)")
+    if args.live_retention_hours and db_sizes:
+        at3 = min(db_sizes, key=lambda x: abs(x[0] - 180))
+        last = db_sizes[-1]
+        print(f"  database file at t={at3[0]:.0f} s / t={last[0]:.0f} s: {_mb(at3[1]):.0f} / {_mb(last[1]):.0f} MiB "
+              f"({_drift(_mb(at3[1]), _mb(last[1]))}; retention {args.live_retention_hours} h"
+              f"{', archive on' if args.live_archive else ''}) -> "
+              + ("MET" if abs(last[1] - at3[1]) <= 0.10 * at3[1] else "NOT MET") + " (target: within 10 %)")
 
 
 def med_or_nan(xs: list[float]) -> float:
@@ -1003,7 +1022,8 @@ def profile_part(args: argparse.Namespace) -> None:
     for p in out_dir.glob("profile.db*"):
         p.unlink()
     cmd = [pyspy, "record", "--subprocesses", "--gil", "--rate", "250", "--format", "raw", "-o", str(raw), "--",
-           *supervisor_cmd("--replay", str(stream), "--db", str(db), "--health-file", str(out_dir / "health.json"),
+           *supervisor_cmd("--replay", str(stream), "--category", "linear", "--db", str(db), "--health-file",
+                           str(out_dir / "health.json"),
                            "--log-level", "WARNING")]
     res = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=3600)
     if res.returncode != 0 or not raw.exists():
@@ -1038,6 +1058,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--live-symbols", type=int, default=0, help="run the live scale part with N symbols")
     ap.add_argument("--live-seconds", type=float, default=300.0)
     ap.add_argument("--keep", action="store_true", help="keep the live run's work directory")
+    ap.add_argument("--live-retention-hours", type=float, default=0.0,
+                    help="live: data_retention_hours (e.g. 0.05 = 3 minutes; cleanup every 10 s)")
+    ap.add_argument("--live-archive", action="store_true", help="live: with a Parquet archive in the work dir")
     ap.add_argument("--live-profile", type=Path, metavar="DIR",
                     help="py-spy --subprocesses --gil over the recorder for 20 s mid-way through the live run, "
                          "into DIR")

@@ -13,7 +13,16 @@ from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from l2rec.runtime.config import ENV_PREFIX, EX_CONFIG, ConfigError, RecorderConfig, build_config, from_env, load_toml
+from l2rec.runtime.config import (
+    ENV_PREFIX,
+    EX_CONFIG,
+    ConfigError,
+    RecorderConfig,
+    _as_symbols,
+    build_config,
+    from_env,
+    load_toml,
+)
 from l2rec.runtime.pidfile import PidFile
 from l2rec.storage.sink import check_sink
 
@@ -53,7 +62,8 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="PATH", help="SQLite database file (default ./trading_bot_live.db)")
     p.add_argument("--symbols", metavar="SYM[,SYM...]", help="symbols to record (default BTCUSDT)")
     # No argparse `choices`: a bad value must exit 78 naming the key, as it does from a file or the env.
-    p.add_argument("--category", metavar="linear|spot|inverse", help="Bybit category (default linear)")
+    p.add_argument("--category", metavar="linear|spot|inverse",
+                   help="Bybit category (default linear; in replay the file's: its path, else its frames)")
     p.add_argument("--depth", metavar="N",
                    help="order book depth to subscribe: 1, 50, 200 or 1000 (default 50); in replay a filter")
     p.add_argument("--network", metavar="mainnet|testnet|demo",
@@ -104,6 +114,77 @@ def record(args: argparse.Namespace, prog: str) -> int:
         return EX_CONFIG
 
 
+_EXPORT_DESCRIPTION = (
+    "Write a training table (this recorder's, or an older one) to files in the archive's layout: "
+    "DIR/TABLE/date=YYYY-MM-DD/symbol=SYMBOL/HH.parquet (zstd) or .csv.gz, one file per UTC hour of "
+    "exchange_timestamp. A file already there is merged with the new rows (deduplicated by the natural key). "
+    "The database is opened read-only. Needs pyarrow: pip install 'bybit-l2-recorder[parquet]'.")
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``l2rec export``."""
+    p.add_argument("--db", metavar="DB", required=True, help="SQLite database file")
+    p.add_argument("--out", metavar="DIR", required=True, help="directory to write into (made if missing)")
+    p.add_argument("--format", metavar="parquet|csv", default="parquet", help="parquet (default) or csv (gzip)")
+    p.add_argument("--table", metavar="NAME", default="l2_training_data_practical",
+                   help="table to export (default l2_training_data_practical)")
+    p.add_argument("--symbols", metavar="A,B", help="only these symbols")
+    p.add_argument("--since", metavar="ISO", help="rows at or after this UTC time (e.g. 2024-12-01T00:00)")
+    p.add_argument("--until", metavar="ISO", help="rows before this UTC time")
+
+
+def parse_iso_ms(key: str, value: str | None) -> int | None:
+    """An ISO-8601 time (``2024-12-01``, ``2024-12-01T13:00``, with ``Z`` or an offset; naive = UTC) as
+    epoch milliseconds; ConfigError naming the flag otherwise."""
+    if value is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        t = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ConfigError(key, value, "must be an ISO-8601 time such as 2024-12-01T13:00Z") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1000)
+
+
+def export_command(args: argparse.Namespace, prog: str) -> int:
+    """``l2rec export``: 0 when every file was written; 78 for a bad flag, database or table (or no pyarrow);
+    1 when a file could not be written (its path in the message). Progress on stderr only on a terminal."""
+    from l2rec.storage.archive import ArchiveError
+    from l2rec.storage.export import ExportProgress, export
+
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def progress(p: ExportProgress) -> None:
+        if tty and p.seconds - last[0] >= 0.5:
+            last[0] = p.seconds
+            print(f"\r{prog}: {p.rows:,} rows, {p.files:,} files, {p.bytes / 1e6:,.1f} MB ({p.at})\x1b[K",
+                  end="", file=sys.stderr, flush=True)
+
+    try:
+        symbols = None
+        if args.symbols:
+            symbols = list(_as_symbols("symbols", args.symbols))
+        since, until = parse_iso_ms("since", args.since), parse_iso_ms("until", args.until)
+        done = export(args.db, args.table, args.out, args.format.strip().lower(), symbols, since, until, progress)
+    except ConfigError as exc:
+        print(f"{prog}: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except ArchiveError as exc:
+        if tty:
+            print(file=sys.stderr)  # end the progress line
+        print(f"{prog}: cannot write {exc.path}: {exc.cause}", file=sys.stderr)
+        return 1
+    if tty:
+        print("\r\x1b[K", end="", file=sys.stderr)
+    print(f"exported {done.rows} rows to {done.files} files ({done.bytes} bytes) under {args.out} "
+          f"in {done.seconds:.1f} s")
+    return 0
+
+
 def supervisor_main(argv: Sequence[str] | None = None) -> int:
     """``python supervisor.py [flags]``: the design card's entry point, the same as ``l2rec record``."""
     return record(parse_args(argv), SUPERVISOR_PROG)
@@ -117,8 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rec = commands.add_parser("record", help="record order books (what `python supervisor.py` does)",
                               description=_RECORD_DESCRIPTION, epilog=_RECORD_EPILOG)
     add_record_arguments(rec)
+    exp = commands.add_parser("export", help="write a table to Parquet/CSV files, the archive's layout",
+                              description=_EXPORT_DESCRIPTION)
+    add_export_arguments(exp)
     args = top.parse_args(argv)
     if args.command == "record":
         return record(args, "l2rec record")
+    if args.command == "export":
+        return export_command(args, "l2rec export")
     top.error(f"unknown command {args.command!r}")  # argparse's choices catch this first
     return 2

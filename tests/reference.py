@@ -158,6 +158,8 @@ class TopicRef:
     rejected: int = 0
     resets: int = 0
     orphan_deletes: int = 0
+    restated: int = 0
+    written: tuple[int, int | None] | None = None  # (u, seq) of the last row: the book state it holds
 
     def best_bid(self) -> Decimal | None:
         return max(self.bids) if self.bids else None
@@ -277,6 +279,12 @@ class RefRecorder:
                 t.gaps += 1
                 self._lose_sync(t, CROSSED, last, f.u)
                 return None
+        # One row per book state: the state is (u, seq); a frame repeating the last row's (a snapshot after
+        # a reconnect, orderbook.1's 3 s re-push) updates the book as any other but writes nothing.
+        if t.written == (f.u, f.seq):
+            t.restated += 1
+            return None
+        t.written = (f.u, f.seq)
         t.rows += 1
         return features(t, f, n=self.n, category=self.category, data_source=self.data_source,
                         recv_ns=recv_ns)

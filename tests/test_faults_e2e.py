@@ -27,8 +27,13 @@ def expected_rows(srv: FakeBybit, cut_after_fault: str | None = None) -> dict[tu
     for r in srv.records():
         by_conn.setdefault(r.conn_id, []).append(r)
     want: dict[tuple, dict[str, object]] = {}
+    written: dict[str, tuple[str, int, tuple[int, int | None] | None]] = {}  # topic -> symbol, depth, last row's state
     for records in by_conn.values():
         ref = RefRecorder(category="linear", data_source="live_trading")
+        # The recorder's books outlive a connection: a fresh snapshot that restates the state of the topic's
+        # last row (the book did not move while it reconnected) is no row. The reference learns that state.
+        for topic, (symbol, depth, state) in written.items():
+            ref._topic(topic, symbol, depth).written = state
         for r in records:
             if cut_after_fault is not None and r.fault == cut_after_fault:
                 break
@@ -38,6 +43,7 @@ def expected_rows(srv: FakeBybit, cut_after_fault: str | None = None) -> dict[tu
             if row is not None:
                 row.pop("recv_time_ns", None)
                 want[(row["symbol"], row["sequence"], row["exchange_timestamp"])] = row
+        written.update({t.topic: (t.symbol, t.depth, t.written) for t in ref.topics.values()})
     return want
 
 

@@ -35,7 +35,8 @@ def figure(line: str, name: str) -> int:
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6,000 synthetic orderbook.50 frames of 2 symbols (bench/make_stream.py)."""
-    path = tmp_path_factory.mktemp("stream") / "s.jsonl"
+    # linear/: synthetic frames look like linear and spot alike; the directory says which (as in Bybit's dumps)
+    path = tmp_path_factory.mktemp("stream") / "linear" / "s.jsonl"
     write_stream(path, 2, 6000, 3)
     return path
 
@@ -101,7 +102,7 @@ def test_replay_exit_codes_and_summary_for_a_finished_a_repeated_and_a_useless_f
 
 
 def test_an_interrupted_replay_exits_130_and_says_so(tmp_path: Path) -> None:
-    big = tmp_path / "big.jsonl"
+    big = tmp_path / "linear" / "big.jsonl"  # linear: synthetic frames fit linear and spot; the path says
     write_stream(big, 2, 100_000, 4)  # a few seconds of replay: the interrupt lands in the middle
     db = tmp_path / "i.db"
     err_path = tmp_path / "stderr.txt"

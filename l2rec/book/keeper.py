@@ -9,9 +9,14 @@ Rules (architecture.md, bybit-v5.md):
 - a delta before any snapshot, a crossed or locked book after a message, and a rejected frame of the topic
   are gaps as well; so is a frame that would leave a side with more than ``max_levels(depth)`` levels
   (counted as rejected, and in ``too_many_levels``);
-- while out of sync every frame of the topic is counted as inside the gap, until the next snapshot.
-Every book frame of a topic ends in exactly one counter: frames = rows + stale + in_gap + gaps + rejected
-(``gaps`` counts the frames that opened a gap; rows shed under backpressure move from rows to in_gap).
+- while out of sync every frame of the topic is counted as inside the gap, until the next snapshot;
+- one row per book state: a frame that restates the state of the topic's last row (same ``u`` and same
+  ``seq``: the fresh snapshot after a reconnect when the book did not move, ``orderbook.1``'s 3 s re-push)
+  is applied as any other (a snapshot still replaces the book and closes a gap) but makes no row; it is
+  counted as ``restated``.
+Every book frame of a topic ends in exactly one counter: frames = rows + stale + in_gap + gaps + rejected +
+restated (``gaps`` counts the frames that opened a gap; rows shed under backpressure move from rows to
+in_gap).
 """
 
 from __future__ import annotations
@@ -77,6 +82,10 @@ class TopicState:
     orphan_deletes: int = 0
     rejected: int = 0
     too_many_levels: int = 0  # of ``rejected``: frames that would have made a side deeper than max_levels
+    restated: int = 0  # frames that restated the state of the last row (same u and seq): no row of their own
+    # (u, seq) of the topic's last row: the book state it holds. None until a row is made, and after rows
+    # were shed (a state whose row was dropped must be written again by the snapshot that restates it).
+    last_row_state: tuple[int, int | None] | None = None
     last_ts_ms: int | None = None
     last_recv_ns: int | None = None
     sessions: int = 0  # websocket sessions that subscribed it; 0: never connected
@@ -171,6 +180,13 @@ class BookKeeper:
             if book.crossed():
                 self._open_gap(st, GAP_CROSSED, last, upd.u)
                 return None
+        state = (upd.u, upd.seq)
+        if state == st.last_row_state:
+            # The same book state as the last row (u and seq are Bybit's identity of a state; ts is only when
+            # it was pushed): the book is in sync and up to date, but a second row would duplicate the first.
+            st.restated += 1
+            return None
+        st.last_row_state = state
         st.rows += 1
         return make_row(book, upd, category=self.category, data_source=self.data_source, n=self.n,
                         iso=self._iso)
@@ -235,6 +251,7 @@ class BookKeeper:
             if st is not None:
                 st.rows -= 1
                 st.in_gap += 1
+                st.last_row_state = None  # that row is not stored: a snapshot restating it must make it again
 
     def on_process_restart(self, topics: tuple[str, ...],
                            last_rows: Mapping[str, tuple[int, int]] | None = None) -> None:
@@ -295,10 +312,10 @@ class BookKeeper:
                 "synced": st.synced, "last_u": st.last_u, "frames": st.frames, "rows": st.rows,
                 "stale": st.stale, "in_gap": st.in_gap, "gaps": st.gaps, "resets": st.resets,
                 "rejected": st.rejected, "too_many_levels": st.too_many_levels,
-                "orphan_deletes": st.orphan_deletes,
+                "orphan_deletes": st.orphan_deletes, "restated": st.restated,
                 "last_ts_ms": st.last_ts_ms, "last_recv_ns": st.last_recv_ns, "sessions": st.sessions,
-                # frames = rows + stale + in_gap + gaps + rejected, always: every frame accounted for
-                "unaccounted": st.frames - st.rows - st.stale - st.in_gap - st.gaps - st.rejected,
+                # frames = rows + stale + in_gap + gaps + rejected + restated, always: every frame accounted for
+                "unaccounted": st.frames - st.rows - st.stale - st.in_gap - st.gaps - st.rejected - st.restated,
             }
             for t, st in self.topics.items()
         }

@@ -224,7 +224,7 @@ class Root:
         depth = cfg.orderbook_depth if not replay or cfg.replay_filter_depth else "all in the file"
         log.info("starting", extra={"fields": {
             "pid": os.getpid(), "mode": "replay" if replay else "live", "source": cfg.replay or cfg.url,
-            "symbols": symbols, "depth": depth, "db": cfg.db_path, "table": cfg.table_name,
+            "symbols": symbols, "depth": depth, "category": cfg.category, "db": cfg.db_path, "table": cfg.table_name,
             "shards": len(self.shards)}})
         self._start(self.writer)
         while not self.writer.ready.wait(0.05):

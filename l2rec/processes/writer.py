@@ -86,7 +86,8 @@ def run_writer(spec: WriterSpec, ctl: Connection, uplink_conn: Connection) -> No
     if sink is None:
         return  # asked to stop while the database was still locked
     _record_earlier_losses(sink, cfg.db_path)
-    writer = WriterActor.start(sink, inflight, Reporter(uplink, Role.WRITER, "writer", None), faults)
+    writer = WriterActor.start(sink, inflight, Reporter(uplink, Role.WRITER, "writer", None), faults,
+                               final_cleanup_s=cfg.shutdown_deadline_s / 2)
     server = LinkServer(spec.address, inflight)
     uplink.put("ready")
     stopping: str | None = None

@@ -11,6 +11,8 @@ import difflib
 import os
 import re
 import tomllib
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 from l2rec.supervision.policy import RESTART_TYPES, PolicyConfig
 from l2rec.supervision.states import RestartType
+from l2rec.venue.dumps import infer_category
 from l2rec.venue.endpoints import CATEGORIES, LIVE_DEPTHS, NETWORKS, public_ws_url
 from l2rec.venue.protocol import MAX_ARGS_CHARS, args_chars
 
@@ -63,6 +66,10 @@ class RecorderConfig:
     max_frame_bytes: int = 4 * 1024 * 1024
     db_busy_timeout_s: float = 1.0
     db_max_pages: int = 0
+    data_retention_hours: float = 0.0
+    cleanup_interval_s: float = 60.0
+    archive_dir: str | None = None
+    archive_grace_s: float = 60.0
     subscribe_batch_args: int = 10
     shutdown_deadline_s: float = 15.0
     symbols_per_shard: int = 250
@@ -159,6 +166,20 @@ def _as_float(key: str, v: object, lo: float, hi: float) -> float:
     return x
 
 
+def _as_hours(key: str, v: object) -> float:
+    """Hours, fractions allowed (0.05 = 3 minutes); 0 = keep everything."""
+    why = "must be a number of hours from 0 (keep everything) to 1000000, e.g. 24 or 0.05"
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise ConfigError(key, v, why)
+    try:
+        x = float(v)
+    except ValueError:
+        raise ConfigError(key, v, why) from None
+    if not 0.0 <= x <= 1_000_000.0:  # also rejects nan
+        raise ConfigError(key, v, why)
+    return x
+
+
 def _as_bool(key: str, v: object) -> bool:
     if isinstance(v, bool):
         return v
@@ -244,6 +265,10 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "max_frame_bytes": lambda k, v: _as_int(k, v, 64 * 1024, 1 << 30),
     "db_busy_timeout_s": lambda k, v: _as_float(k, v, 0.0, 600.0),
     "db_max_pages": lambda k, v: _as_int(k, v, 0, 1 << 40),
+    "data_retention_hours": lambda k, v: _as_hours(k, v),
+    "cleanup_interval_s": lambda k, v: _as_float(k, v, 0.05, 86_400.0),
+    "archive_dir": _as_opt_str,
+    "archive_grace_s": lambda k, v: _as_float(k, v, 0.0, 86_400.0),
     "shutdown_deadline_s": lambda k, v: _as_float(k, v, 0.5, 3600.0),
     "symbols_per_shard": lambda k, v: _as_int(k, v, 1, 10_000),
     "replay_shards": lambda k, v: _as_int(k, v, 1, 64),
@@ -339,10 +364,38 @@ def build_config(
     # In replay, symbols/depth given on the command line or in the environment filter the file; the
     # config file's values (defaults for live recording) do not.
     explicit = {k for layer in (env_values, flag_values) for k, v in layer.items() if v is not None}
+    if file_values.get("category") is not None and file_values.get("replay") is not None:
+        explicit.add("category")  # a config file written for this replay: its category is the user's word
     return _check(cfg, explicit=explicit)
 
 
+def replay_category(path: str, default: str) -> str:
+    """The category of a replay file the user did not label: from its path, else its first lines
+    (``l2rec.venue.dumps.infer_category``). Raises ConfigError naming ``category`` when they do not tell
+    (``--category`` is then required) or tell option (not supported). ``default`` is used only for a file
+    without a single order book frame: nothing is labelled, and the replay exits 65 saying so."""
+    try:
+        found = infer_category(path)
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ConfigError("replay", path, f"cannot be read: {exc}") from None
+    if found.category is None:
+        if not found.needed:
+            return default
+        raise ConfigError("category", None, f"cannot tell the category of the replay file {path}: {found.why}; "
+                          "give it with --category linear|spot|inverse")
+    if found.category == "option":
+        raise ConfigError("category", "option", f"the replay file {path} holds option order books "
+                          f"({found.why}), which are not supported")
+    return found.category
+
+
 def _check(cfg: RecorderConfig, explicit: set[str]) -> RecorderConfig:
+    if cfg.archive_dir is not None:
+        try:  # imported, not just looked up: a broken install must be refused here too, not at the first hour
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ConfigError("archive_dir", cfg.archive_dir, "the Parquet archive needs pyarrow: "
+                              "pip install 'bybit-l2-recorder[parquet]'") from None
     if cfg.restart_backoff_min_s > cfg.restart_backoff_max_s:
         raise ConfigError("restart_backoff_min_s", cfg.restart_backoff_min_s,
                           f"must not exceed restart_backoff_max_s ({cfg.restart_backoff_max_s})")
@@ -357,8 +410,9 @@ def _check(cfg: RecorderConfig, explicit: set[str]) -> RecorderConfig:
         if not Path(cfg.replay).is_file():
             raise ConfigError("replay", cfg.replay, "file not found")
         # In replay the topics come from the frames; symbols/depth only filter when the user set them.
+        # The category labels every row (and is part of the key): the user's, else the file's, never a default.
         return dataclasses.replace(
-            cfg,
+            cfg, category=cfg.category if "category" in explicit else replay_category(cfg.replay, cfg.category),
             replay_filter_symbols=cfg.replay_filter_symbols or "symbols" in explicit,
             replay_filter_depth=cfg.replay_filter_depth or "orderbook_depth" in explicit,
         )

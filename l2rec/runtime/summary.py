@@ -15,7 +15,7 @@ from l2rec.supervision.states import Role
 
 # Per-topic counters of the book keeper that add up across incarnations (the rest are states).
 TOPIC_COUNTERS: tuple[str, ...] = ("frames", "rows", "stale", "in_gap", "gaps", "resets", "rejected",
-                                   "too_many_levels", "orphan_deletes", "unaccounted", "sessions")
+                                   "too_many_levels", "orphan_deletes", "restated", "unaccounted", "sessions")
 
 
 @dataclass(slots=True)

@@ -46,6 +46,13 @@ class Sink(Protocol):
         """Whether ``exc`` from ``write`` is worth retrying with the same batch."""
         ...
 
+    def cleanup_step(self, now_ns: int, *, final: bool = False) -> bool:
+        """One short step of retention and archive work (``data_retention_hours``, ``archive_dir``), called
+        by the writer between commits; never raises (failures are logged and retried). True when nothing is
+        left to do for now. ``final``: the last call(s) before ``close``: archive every closed hour and run
+        one last cleanup."""
+        ...
+
     def status(self) -> dict[str, object]:
         """Sink-specific figures for the writer's part of the health dump."""
         ...
@@ -93,4 +100,6 @@ def open_sink(cfg: RecorderConfig) -> Sink:
     never dropped). Raises on a database that cannot be opened or used."""
     from l2rec.storage.sqlite import Store  # the only sink so far
 
-    return Store(cfg.db_path, cfg.table_name, busy_timeout_s=cfg.db_busy_timeout_s, max_pages=cfg.db_max_pages)
+    return Store(cfg.db_path, cfg.table_name, busy_timeout_s=cfg.db_busy_timeout_s, max_pages=cfg.db_max_pages,
+                 retention_hours=cfg.data_retention_hours, cleanup_interval_s=cfg.cleanup_interval_s,
+                 archive_dir=cfg.archive_dir, archive_grace_s=cfg.archive_grace_s)

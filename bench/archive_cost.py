@@ -1,0 +1,70 @@
+"""Archive cost per row: one symbol-hour of N rows (every feature column filled) read from SQLite and
+written to Parquet, then written again (the union with the file already there, deduplicated).
+
+    python bench/archive_cost.py [ROWS]        # default 180,000: one busy symbol-hour (50 rows/s)
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from l2rec.storage import schema  # noqa: E402
+from l2rec.storage.retention import HOUR_MS, archive_path  # noqa: E402
+from l2rec.storage.sqlite import ArchiveJob, Store, run_archive_job  # noqa: E402
+
+T0 = 1_733_011_200_000  # 2024-12-01T00:00:00Z
+TABLE = "l2_training_data_practical"
+FEATURES = ("mid_price", "spread", "spread_bps", "microprice", "order_book_imbalance", "total_bid_volume_10",
+            "total_ask_volume_10", "weighted_bid_price", "weighted_ask_price")
+
+
+def rows(n: int) -> list[tuple[object, ...]]:
+    rnd = random.Random(1)
+    out = []
+    for i in range(n):
+        v: dict[str, object] = dict.fromkeys(schema.ROW_COLUMNS)
+        v.update(timestamp="2024-12-01T00:00:00.000Z", symbol="BTCUSDT", exchange="bybit", sequence=i, update_id=i,
+                 cross_sequence=i, sequence_id=i, exchange_timestamp=T0 + i * HOUR_MS // n, depth=50,
+                 category="linear", data_source="replay", data_quality_score=1.0)
+        for side in ("bid", "ask"):
+            for lvl in range(1, 11):
+                v[f"{side}_price_{lvl}"] = round(96000 + rnd.random() * 10, 1)
+                v[f"{side}_size_{lvl}"] = round(rnd.random() * 3, 3)
+        v.update({k: rnd.random() for k in FEATURES})
+        out.append(tuple(v[c] for c in schema.ROW_COLUMNS))
+    return out
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 180_000
+    work = Path(tempfile.mkdtemp(prefix="l2rec-archive-cost-"))
+    try:
+        db = str(work / "r.db")
+        store = Store(db, TABLE)
+        data = rows(n)
+        for i in range(0, n, 20_000):
+            store.write(data[i:i + 20_000])
+        store.close()
+        job = ArchiveJob(db, TABLE, "BTCUSDT", T0, archive_path(work / "archive", TABLE, "BTCUSDT", T0),
+                         tuple(schema.NATURAL_KEY))
+        for label in ("first write", "written again (union + dedupe)"):
+            t = time.perf_counter()
+            done = run_archive_job(job)
+            dt = time.perf_counter() - t
+            print(f"{label}: {done.rows:,} rows in {dt:.2f} s = {dt / done.rows * 1e6:.1f} us/row; "
+                  f"file {done.bytes / 1e6:.1f} MB ({done.bytes / done.rows:.0f} B/row)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""The Parquet archive (``archive_dir``): closed hours to Hive-partitioned files, a row leaves SQLite only once
+its file is durable, idempotent rewrites, failures that never stop recording or lose a row."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+ds = pytest.importorskip("pyarrow.dataset")
+
+from l2rec.storage import schema  # noqa: E402
+from l2rec.storage.archive import to_arrow, write_file  # noqa: E402
+from l2rec.storage.retention import HOUR_MS, archive_path  # noqa: E402
+from l2rec.storage.sqlite import ArchiveJob, Store, run_archive_job, table_columns  # noqa: E402
+from tests.helpers import TABLE, clean_env, run_supervisor, wait_for  # noqa: E402
+from tests.test_retention import T0, hours_of_rows, make_row, run_cleanup  # noqa: E402
+
+TS = schema.ROW_COLUMNS.index("exchange_timestamp")
+SEQ = schema.ROW_COLUMNS.index("sequence")
+
+
+def sqlite_keys(db: Path) -> set[tuple[object, ...]]:
+    with sqlite3.connect(db) as c:
+        return set(c.execute(f"SELECT symbol, sequence, exchange_timestamp FROM {TABLE}"))
+
+
+def archive_rows(archive: Path) -> list[tuple[object, ...]]:
+    table = ds.dataset(str(archive / TABLE), format="parquet", partitioning="hive").to_table()
+    return list(zip(*(table.column(c).to_pylist() for c in ("symbol", "sequence", "exchange_timestamp")),
+                    strict=True))
+
+
+def archived_store(tmp_path: Path, **kw: object) -> tuple[Store, Path, Path]:
+    db, archive = tmp_path / "r.db", tmp_path / "archive"
+    store = Store(str(db), TABLE, retention_hours=1, archive_dir=str(archive), archive_grace_s=60, **kw)  # type: ignore[arg-type]
+    return store, db, archive
+
+
+def test_closed_hours_go_to_parquet_and_leave_sqlite_only_once_archived(tmp_path: Path):
+    store, db, archive = archived_store(tmp_path)
+    rows = hours_of_rows(2000, 4 * HOUR_MS)  # 00:00 .. 03:59:52.8, two symbols
+    store.write(rows)
+    run_cleanup(store, final=True)  # archive every closed hour, then clean up: what the writer does at close
+    store.close()
+    newest = max(r[TS] for r in rows)  # type: ignore[type-var]
+    horizon = newest - HOUR_MS  # type: ignore[operator]
+    keys = {(r[1], r[SEQ], r[TS]) for r in rows}
+    # Hours 00..02 are closed (03 is not: the newest row is not 60 s past its end); 03 stays in SQLite.
+    closed = {k for k in keys if k[2] < T0 + 3 * HOUR_MS}  # type: ignore[operator]
+    got = archive_rows(archive)
+    assert len(got) == len(set(got)) and set(got) == closed
+    assert sqlite_keys(db) == {k for k in keys if k[2] >= horizon}  # type: ignore[operator]
+    files = sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*.parquet"))
+    assert files == [f"{TABLE}/date=2024-12-01/symbol={s}/{h:02d}.parquet" for s in ("BTCUSDT", "ETHUSDT")
+                     for h in range(3)]
+    # Columns: the table's, same names and types (REAL float64, INTEGER int64, TEXT string), NULLs kept,
+    # rows sorted by (exchange_timestamp, sequence).
+    f = pq.read_table(archive / files[0])
+    with sqlite3.connect(db) as c:
+        cols = table_columns(c, TABLE)
+    assert f.column_names == [n for n, _ in cols]
+    assert f.schema.field("bid_price_1").type == pa.float64() and f.schema.field("sequence").type == pa.int64()
+    assert f.schema.field("symbol").type == pa.string() and f.schema.field("timestamp").type == pa.string()
+    assert f.column("ask_price_5").null_count == f.num_rows  # NULL stays NULL
+    ts = f.column("exchange_timestamp").to_pylist()
+    assert ts == sorted(ts)
+
+
+def test_crash_between_the_archive_write_and_the_delete_loses_nothing_and_doubles_nothing(tmp_path: Path):
+    store, db, archive = archived_store(tmp_path)
+    rows = hours_of_rows(500, 3 * HOUR_MS)
+    store.write(rows)
+    # The writer's order: write the file durably, record it, delete. Stop after the file ("crash").
+    job = store.retention._next_job()  # the next closed hour
+    assert job is not None and job.hour_ms == T0
+    done = run_archive_job(job)
+    assert done.rows == done.rows_in_file > 0
+    store.close()  # the bookkeeping never happened
+    assert len(sqlite_keys(db)) == len(rows)  # nothing left SQLite
+    # Next start: the hour is written again (the union with the file already there), then deleted.
+    store, db, archive = archived_store(tmp_path)
+    run_cleanup(store, final=True)
+    store.close()
+    got = archive_rows(archive)
+    assert len(got) == len(set(got))  # nothing doubled
+    everything = {(r[1], r[SEQ], r[TS]) for r in rows}
+    assert set(got) | sqlite_keys(db) == everything  # nothing lost
+    assert set(got) & sqlite_keys(db) == {k for k in set(got) if k[2] >= max(r[TS] for r in rows) - HOUR_MS}  # type: ignore[operator]
+
+
+def test_an_hour_written_twice_is_one_file_with_the_union_deduplicated_by_the_natural_key(tmp_path: Path):
+    db = tmp_path / "r.db"
+    Store(str(db), TABLE).close()
+    with sqlite3.connect(db) as c:
+        cols = table_columns(c, TABLE)
+    names = [n for n, _ in cols]
+
+    def table_of(us: range) -> object:
+        return to_arrow(cols, [[tuple(dict(zip(schema.ROW_COLUMNS, make_row(u, T0 + u), strict=True)).get(n)
+                                      for n in names) for u in us]])
+
+    path = archive_path(tmp_path / "a", TABLE, "BTCUSDT", T0)
+    write_file(path, table_of(range(1, 101)), schema.NATURAL_KEY)
+    w = write_file(path, table_of(range(51, 151)), schema.NATURAL_KEY)  # 50 again, 50 new
+    assert w.rows_in_file == 150
+    f = pq.read_table(path)
+    assert f.column("sequence").to_pylist() == list(range(1, 151))
+    assert [p.name for p in path.parent.iterdir()] == ["00.parquet"]  # no temp file left behind
+
+
+def test_an_archive_dir_that_cannot_be_written_is_an_error_rows_stay_and_recording_goes_on(tmp_path: Path, caplog):
+    store, db, archive = archived_store(tmp_path, cleanup_interval_s=60)
+    archive.mkdir()
+    if os.geteuid() == 0:  # root writes through any mode bits: a file where the table's directory goes
+        blocker = archive / TABLE
+        blocker.write_text("")
+    else:
+        blocker = archive
+        archive.chmod(0o500)
+    rows = hours_of_rows(300, 3 * HOUR_MS)
+    with caplog.at_level(logging.ERROR, logger="recorder.storage"):
+        store.write(rows)
+        wait_for(lambda: store.cleanup_step(1) and store.retention.archive_failures, 10, "the archive failure")
+    errors = [r for r in caplog.records if "archive write failed" in r.getMessage()]
+    assert errors and errors[0].levelno == logging.ERROR
+    assert str(archive / TABLE) in str(errors[0].fields["path"])  # type: ignore[attr-defined]
+    assert len(sqlite_keys(db)) == len(rows)  # older than the horizon, but not archived: kept
+    store.write([make_row(10_000, T0 + 3 * HOUR_MS)])  # recording goes on
+    assert store.status()["archive"]["failures"] >= 1  # type: ignore[index]
+    # Fixed: the next attempt (after cleanup_interval_s) archives, and only then do rows leave.
+    if blocker == archive:
+        archive.chmod(0o700)
+    else:
+        blocker.unlink()
+    later = 61 * 10**9
+    wait_for(lambda: store.cleanup_step(later) and store.retention.hours_archived >= 2, 10, "the retried archive")
+    run_cleanup(store, now_ns=later, final=True)
+    store.close()
+    assert len(archive_rows(archive)) + len(sqlite_keys(db)) - len(
+        set(archive_rows(archive)) & sqlite_keys(db)) == len(rows) + 1
+
+
+def test_archive_dir_without_pyarrow_exits_78_naming_the_extra(tmp_path: Path):
+    # A pyarrow that cannot be imported, ahead of the real one on the path: as if it were not installed.
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "pyarrow.py").write_text("raise ModuleNotFoundError(\"No module named 'pyarrow'\")\n")
+    env = clean_env(L2REC_ARCHIVE_DIR=str(tmp_path / "a"), PYTHONPATH=str(shim))
+    res = run_supervisor("--db", str(tmp_path / "r.db"), "--replay", "tests/data/"
+                         "nautilus_trader__2024-12-01_XRPUSDT_ob500.data", env=env, timeout=60)
+    assert res.returncode == 78, res.stderr[-2000:]
+    assert "archive_dir" in res.stderr and "bybit-l2-recorder[parquet]" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_replay_with_an_archive_is_readable_as_one_dataset_with_the_hot_table(tmp_path: Path):
+    from tests.test_retention import stream_over_hours
+
+    stream = tmp_path / "s.jsonl"
+    stream_over_hours(stream, symbols=2, frames=1500, span_ms=4 * HOUR_MS)
+    db, archive = tmp_path / "r.db", tmp_path / "archive"
+    res = run_supervisor("--replay", str(stream), "--category", "linear", "--db", str(db), "--health-file",
+                         str(tmp_path / "h.json"),
+                         env=clean_env(L2REC_DATA_RETENTION_HOURS="1", L2REC_ARCHIVE_DIR=str(archive)), timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = archive_rows(archive)
+    hot = sqlite_keys(db)
+    assert len(got) == len(set(got))
+    # Every row is in the archive or SQLite (the overlap: archived hours not yet past the horizon).
+    full = tmp_path / "full.db"
+    res = run_supervisor("--replay", str(stream), "--category", "linear", "--db", str(full), "--health-file",
+                         str(tmp_path / "h2.json"), env=clean_env(), timeout=120)
+    assert res.returncode == 0
+    assert set(got) | hot == sqlite_keys(full)
+    newest = max(k[2] for k in hot)  # type: ignore[type-var]
+    # SQLite holds exactly the rows at or after the horizon (newest - 1 h) ...
+    assert hot == {k for k in sqlite_keys(full) if k[2] >= newest - HOUR_MS}  # type: ignore[operator]
+    # ... and the archive every row of each closed hour (its end + the 60 s grace <= the newest row)
+    closed = {k for k in sqlite_keys(full)
+              if (k[2] // HOUR_MS + 1) * HOUR_MS + 60_000 <= newest}  # type: ignore[operator]
+    assert closed and closed <= set(got)
+    # replaying the same file again changes nothing in either place
+    res = run_supervisor("--replay", str(stream), "--category", "linear", "--db", str(db), "--health-file",
+                         str(tmp_path / "h3.json"),
+                         env=clean_env(L2REC_DATA_RETENTION_HOURS="1", L2REC_ARCHIVE_DIR=str(archive)), timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(archive_rows(archive)) == sorted(got) and sqlite_keys(db) == hot
+
+
+def test_archive_job_of_an_hour_without_rows_writes_nothing(tmp_path: Path):
+    db = tmp_path / "r.db"
+    Store(str(db), TABLE).close()
+    job = ArchiveJob(str(db), TABLE, "BTCUSDT", T0, archive_path(tmp_path / "a", TABLE, "BTCUSDT", T0),
+                     schema.NATURAL_KEY)
+    done = run_archive_job(job)
+    assert done.max_id is None and not job.path.exists()
+
+
+# -- l2rec export ----------------------------------------------------------------------------------------
+
+def l2rec(*args: str) -> object:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "l2rec", *args], capture_output=True, text=True, timeout=120,
+                          env=clean_env())
+
+
+def test_export_writes_an_old_seed_table_in_the_archive_layout_as_parquet_or_csv(tmp_path: Path):
+    from tests.test_storage import SEED_DDL
+
+    db = tmp_path / "seed.db"
+    with sqlite3.connect(db) as c:
+        c.execute(SEED_DDL)  # the seed's table, as data_ingestor.py left it: no index, no key
+        c.execute(f"ALTER TABLE {TABLE} ADD COLUMN sequence INTEGER")
+        c.execute(f"ALTER TABLE {TABLE} ADD COLUMN exchange_timestamp INTEGER")
+        c.executemany(f"INSERT INTO {TABLE} (timestamp, symbol, bid_price_1, sequence, exchange_timestamp) "
+                      "VALUES (?,?,?,?,?)", [("t", s, 1.5, u, T0 + u * 60_000) for s in ("BTCUSDT", "ETHUSDT")
+                                             for u in range(120)])
+        c.execute(f"INSERT INTO {TABLE} (timestamp, symbol) VALUES ('no exchange time', 'BTCUSDT')")
+    out = tmp_path / "out"
+    res = l2rec("export", "--db", str(db), "--out", str(out), "--symbols", "BTCUSDT")
+    assert res.returncode == 0, res.stderr  # type: ignore[attr-defined]
+    assert res.stderr == ""  # type: ignore[attr-defined]  # progress only on a terminal
+    assert "exported 120 rows to 2 files" in res.stdout  # type: ignore[attr-defined]
+    t = ds.dataset(str(out / TABLE), format="parquet", partitioning="hive").to_table()
+    assert t.column("sequence").to_pylist() == list(range(120))
+    assert set(t.column("symbol").to_pylist()) == {"BTCUSDT"}
+    res = l2rec("export", "--db", str(db), "--out", str(out), "--format", "csv", "--since", "2024-12-01T01:00Z",
+                "--until", "2024-12-01T01:30")
+    assert res.returncode == 0, res.stderr  # type: ignore[attr-defined]
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.csv.gz"))
+    assert files == [f"{TABLE}/date=2024-12-01/symbol={s}/01.csv.gz" for s in ("BTCUSDT", "ETHUSDT")]
+    import pyarrow.csv as pcsv
+
+    with pa.CompressedInputStream(pa.OSFile(str(out / files[0])), "gzip") as fh:
+        rows = pcsv.read_csv(fh)
+    assert rows.column("sequence").to_pylist() == list(range(60, 90))
+
+
+def test_export_twice_and_over_an_archive_doubles_nothing(tmp_path: Path):
+    store, db, archive = archived_store(tmp_path)
+    rows = hours_of_rows(400, 3 * HOUR_MS)
+    store.write(rows)
+    run_cleanup(store, final=True)
+    store.close()
+    for _ in range(2):  # the archive's hours again, plus what is still only in SQLite
+        res = l2rec("export", "--db", str(db), "--out", str(archive))
+        assert res.returncode == 0, res.stderr  # type: ignore[attr-defined]
+    got = archive_rows(archive)
+    assert len(got) == len(set(got)) == len(rows)
+
+
+def test_export_with_a_bad_flag_exits_78_naming_it(tmp_path: Path):
+    res = l2rec("export", "--db", str(tmp_path / "none.db"), "--out", str(tmp_path))
+    assert res.returncode == 78 and "'db'" in res.stderr  # type: ignore[attr-defined]
+    Store(str(tmp_path / "r.db"), TABLE).close()
+    res = l2rec("export", "--db", str(tmp_path / "r.db"), "--out", str(tmp_path), "--until", "soon")
+    assert res.returncode == 78 and "'until'" in res.stderr  # type: ignore[attr-defined]
+    res = l2rec("export", "--db", str(tmp_path / "r.db"), "--out", str(tmp_path), "--table", "nope")
+    assert res.returncode == 78 and "'table'" in res.stderr  # type: ignore[attr-defined]
