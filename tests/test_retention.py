@@ -113,6 +113,22 @@ def test_cleanup_keeps_exactly_the_rows_at_or_after_the_horizon_and_gives_space_
     assert pages_after < pages_before * 0.5  # the space went back to the file system
 
 
+def test_old_rows_recorded_late_behind_the_head_are_removed_too(tmp_path: Path):
+    """The head of the table goes first (live rows arrive in time order); rows older than the horizon that
+    were recorded later (a replay), far behind the head, are found by the per-symbol pass."""
+    db = tmp_path / "late.db"
+    store = Store(str(db), TABLE, retention_hours=1)
+    new = [make_row(i + 1, T0 + 2 * HOUR_MS + i, "BTCUSDT") for i in range(25_000)]  # all at/after the horizon
+    late = [make_row(100_000 + i, T0 + i, "ETHUSDT") for i in range(10)]  # hours older, recorded last
+    for i in range(0, len(new), 5000):
+        store.write(new[i:i + 5000])
+    store.write(late)
+    run_cleanup(store)
+    store.close()
+    assert keys(db, "WHERE symbol = 'ETHUSDT'") == set()
+    assert len(keys(db)) == 25_000
+
+
 def test_cleanup_runs_every_interval_and_once_more_at_close(tmp_path: Path):
     store = Store(str(tmp_path / "r.db"), TABLE, retention_hours=1, cleanup_interval_s=60)
     store.write([make_row(1, T0), make_row(2, T0 + 2 * HOUR_MS)])

@@ -563,6 +563,10 @@ AUTO_VACUUM_MODES = {0: "none", 1: "full", 2: "incremental"}
 # One cleanup step (a Tick of the writer) starts chunks for this long; a chunk (4,000 rows, or 2,048 pages
 # vacuumed) took up to 23 ms on a 400k-row, 50-symbol table, so a commit waits at most ~50 ms behind one.
 CLEANUP_BUDGET_S = 0.025
+# Head-of-table deletes (retention without an archive): rows per transaction, and how far past the head a
+# chunk looks (so a row newer than the horizon near the head never makes it scan the whole table).
+HEAD_CHUNK_ROWS = 8_000
+HEAD_WINDOW_ROWS = 20_000
 _TS = ROW_COLUMNS.index("exchange_timestamp")
 
 
@@ -854,6 +858,12 @@ class Retainer:
                         " AND hour_ms < ?", (table, symbol, hour_start(oldest), horizon)):
                     archived[(symbol, int(hour))] = int(max_id)
         tasks: deque[DeleteRange | str] = deque(plan_deletes(symbols, horizon, archived))
+        if archived is None:
+            # Live rows arrive in time order, so the oldest are the lowest rowids: deleting from the head of
+            # the table rewrites each table page once, where a symbol at a time rewrites every page once per
+            # symbol on it (rows of all symbols are interleaved). The per-symbol pass after it is then one
+            # index seek per symbol, for the stragglers (older rows recorded late, e.g. a replay).
+            tasks.appendleft("head")
         tasks.extend(("gaps", "sessions"))
         if self.store.auto_vacuum == 2:
             tasks.append("vacuum")
@@ -875,8 +885,16 @@ class Retainer:
             if after == 0 or after >= before:
                 tasks.popleft()
             return
-        if isinstance(task, DeleteRange):
-            where, params = ["symbol = ?", "exchange_timestamp < ?"], [task.symbol, task.hi_ms]
+        if task == "head":
+            # The next HEAD_WINDOW_ROWS rowids from the table's head; the task ends at the first chunk that
+            # removes fewer than a full chunk (the head is then at the horizon).
+            sql = (f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE rowid <= "
+                   f"(SELECT min(rowid) FROM {table}) + {HEAD_WINDOW_ROWS} AND exchange_timestamp < ? "
+                   f"LIMIT {HEAD_CHUNK_ROWS})")
+            params: list[object] = [horizon]
+        elif isinstance(task, DeleteRange):
+            where = ["symbol = ?", "exchange_timestamp < ?"]
+            params = [task.symbol, task.hi_ms]
             if task.lo_ms is not None:
                 where.append("exchange_timestamp >= ?")
                 params.append(task.lo_ms)
@@ -915,6 +933,11 @@ class Retainer:
             # At close: one more round (archive the hour again, then clean), or a replay of data already
             # archived would leave its old rows in SQLite until the next start.
             self._late_found = True
+        if task == "head":
+            self.rows_removed += n
+            if n < HEAD_CHUNK_ROWS:
+                tasks.popleft()
+            return
         if task == "gaps":
             self.gaps_removed += n
         elif task == "sessions":
