@@ -486,3 +486,13 @@ def test_number_cache_stays_bounded_and_never_lets_a_bad_spelling_through() -> N
     for bad in ("1.5e0", " 1.5", "+1.5", "1_0.5", "nan", "inf", "0", "0.0"):
         kind, rej = classify(frame(50, "delta", 9, 1_700_000_000_000, [[bad, "1"]], []), None)
         assert kind == REJECT and rej.reason == R_BAD_LEVEL, bad  # type: ignore[union-attr]
+
+
+def test_a_depth_with_a_leading_zero_is_not_a_book_topic():
+    """Found by the mutation property: ``orderbook.00.X`` parsed as depth 0, whose topic reads back as
+    ``orderbook.0.X``: two names for one book. Bybit sends neither."""
+    real = next(f for f in REAL_WITH_LEVELS if b'"orderbook.500.' in f)
+    raw = real.replace(b'"orderbook.500.', b'"orderbook.00.', 1)
+    assert classify(real, 1)[0] == BOOK
+    kind, obj = classify(raw, 1)
+    assert kind == REJECT and isinstance(obj, RejectedFrame) and obj.reason == "bad_topic"

@@ -159,6 +159,8 @@ def split_topic(topic: str) -> tuple[int, str] | None:
     parts = topic.split(".")
     if len(parts) != 3 or parts[0] != "orderbook" or not parts[1].isdigit() or not parts[1].isascii():
         return None
+    if parts[1][0] == "0":  # "orderbook.00.X" or depth 0: not a topic Bybit sends, and its topic would not
+        return None         # read back as f"orderbook.{depth}.{symbol}"
     if not parts[2]:
         return None
     return int(parts[1]), parts[2]
