@@ -415,6 +415,19 @@ class Store:
         self.path = path
         self.table = table
         self.conn = connect(path, busy_timeout_s=busy_timeout_s, max_pages=max_pages)
+        try:
+            self._open(path, table, wal_restart_pages, retention_hours, cleanup_interval_s, archive_dir,
+                       archive_grace_s)
+        except BaseException:
+            # The writer retries an open that met a held lock: leave no connection or thread behind.
+            checkpointer = getattr(self, "checkpointer", None)
+            if checkpointer is not None:
+                checkpointer.close()
+            self.conn.close()
+            raise
+
+    def _open(self, path: str, table: str, wal_restart_pages: int, retention_hours: float,
+              cleanup_interval_s: float, archive_dir: str | None, archive_grace_s: float) -> None:
         # Before ensure_schema: on an existing database without auto_vacuum, the WARNING comes first.
         self.auto_vacuum = prepare_auto_vacuum(self.conn, path, warn=retention_hours > 0)
         self.migration = ensure_schema(self.conn, table)
