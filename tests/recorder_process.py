@@ -78,6 +78,15 @@ class RecorderProcess:
     def row_keys(self) -> set[Key]:
         return set(self.query(f"SELECT symbol, sequence, exchange_timestamp FROM {TABLE}"))
 
+    def rows_by_key(self) -> dict[tuple, dict[str, object]]:
+        """Every row of the table as a column -> value dict, keyed by (symbol, sequence, exchange_timestamp)."""
+        cols = [r[1] for r in self.query(f"PRAGMA table_info({TABLE})")]
+        out = {}
+        for row in self.query(f"SELECT * FROM {TABLE}"):
+            d = dict(zip(cols, row, strict=True))
+            out[(d["symbol"], d["sequence"], d["exchange_timestamp"])] = d
+        return out
+
     def row_count(self) -> int:
         rows = self.query(f"SELECT COUNT(*) FROM {TABLE}")
         return rows[0][0] if rows else 0

@@ -23,9 +23,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
+from typing import Any
 
 N = 10  # feature levels (architecture: N = 10)
 TABLE_LEVELS = 10  # bid_price_1..10 / ask_price_1..10 columns
@@ -364,3 +366,33 @@ def diff_row(got: dict[str, object], want: dict[str, object]) -> list[str]:
 def float_book(levels: dict[Decimal, Decimal]) -> dict[float, float]:
     """A reference side as the recorder keys it."""
     return {float(p): float(s) for p, s in levels.items()}
+
+
+def expected_rows(records: Iterable[Any], *, cut_after_fault: str | None = None,
+                  skip_fault: str | None = None) -> dict[tuple, dict[str, object]]:
+    """Reference rows for the data frames a fake server sent (its ``records()``: conn_id, topic, fault,
+    text), connection by connection, keyed by (symbol, sequence, exchange_timestamp). Frames a connection
+    sent after ``cut_after_fault`` fired on it were never read by the recorder (it recycled that socket);
+    frames of ``skip_fault`` (e.g. a flood of a topic nobody subscribed) make no row and are left out."""
+    by_conn: dict[str, list[Any]] = {}
+    for r in records:
+        by_conn.setdefault(r.conn_id, []).append(r)
+    want: dict[tuple, dict[str, object]] = {}
+    written: dict[str, tuple[str, int, tuple[int, int | None] | None]] = {}  # topic -> symbol, depth, last row's state
+    for conn_records in by_conn.values():
+        ref = RefRecorder(category="linear", data_source="live_trading")
+        # The recorder's books outlive a connection: a fresh snapshot that restates the state of the topic's
+        # last row (the book did not move while it reconnected) is no row. The reference learns that state.
+        for topic, (symbol, depth, state) in written.items():
+            ref._topic(topic, symbol, depth).written = state
+        for r in conn_records:
+            if cut_after_fault is not None and r.fault == cut_after_fault:
+                break
+            if r.topic is None or (skip_fault is not None and r.fault == skip_fault):
+                continue
+            _kind, row = ref.feed(r.text)
+            if row is not None:
+                row.pop("recv_time_ns", None)
+                want[(row["symbol"], row["sequence"], row["exchange_timestamp"])] = row
+        written.update({t.topic: (t.symbol, t.depth, t.written) for t in ref.topics.values()})
+    return want

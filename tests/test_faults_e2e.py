@@ -12,53 +12,16 @@ import pytest
 from tests.fakes.bybit_server import FakeBybit, Fault
 from tests.helpers import wait_for
 from tests.recorder_process import TABLE, RecorderProcess
-from tests.reference import RefRecorder, diff_row
+from tests.reference import diff_row, expected_rows
 
 BTC = "orderbook.50.BTCUSDT"
 ETH = "orderbook.50.ETHUSDT"
 FAST_LIVENESS = {"L2REC_PING_INTERVAL_S": "0.3", "L2REC_PONG_TIMEOUT_S": "0.3"}
 
 
-def expected_rows(srv: FakeBybit, cut_after_fault: str | None = None) -> dict[tuple, dict[str, object]]:
-    """Reference rows for every data frame the server sent, connection by connection. Frames a
-    connection sent after ``cut_after_fault`` fired on it were never read by the recorder (it recycled
-    that socket), so they are left out."""
-    by_conn: dict[str, list] = {}
-    for r in srv.records():
-        by_conn.setdefault(r.conn_id, []).append(r)
-    want: dict[tuple, dict[str, object]] = {}
-    written: dict[str, tuple[str, int, tuple[int, int | None] | None]] = {}  # topic -> symbol, depth, last row's state
-    for records in by_conn.values():
-        ref = RefRecorder(category="linear", data_source="live_trading")
-        # The recorder's books outlive a connection: a fresh snapshot that restates the state of the topic's
-        # last row (the book did not move while it reconnected) is no row. The reference learns that state.
-        for topic, (symbol, depth, state) in written.items():
-            ref._topic(topic, symbol, depth).written = state
-        for r in records:
-            if cut_after_fault is not None and r.fault == cut_after_fault:
-                break
-            if r.topic is None:
-                continue
-            _kind, row = ref.feed(r.text)
-            if row is not None:
-                row.pop("recv_time_ns", None)
-                want[(row["symbol"], row["sequence"], row["exchange_timestamp"])] = row
-        written.update({t.topic: (t.symbol, t.depth, t.written) for t in ref.topics.values()})
-    return want
-
-
-def recorded_rows(rec: RecorderProcess) -> dict[tuple, dict[str, object]]:
-    cols = [r[1] for r in rec.query(f"PRAGMA table_info({TABLE})")]
-    out = {}
-    for row in rec.query(f"SELECT * FROM {TABLE}"):
-        d = dict(zip(cols, row, strict=True))
-        out[(d["symbol"], d["sequence"], d["exchange_timestamp"])] = d
-    return out
-
-
 def assert_db_equals_reference(rec: RecorderProcess, srv: FakeBybit, cut_after_fault: str | None = None) -> None:
-    want = expected_rows(srv, cut_after_fault)
-    got = recorded_rows(rec)
+    want = expected_rows(srv.records(), cut_after_fault=cut_after_fault)
+    got = rec.rows_by_key()
     assert set(want) <= set(got), f"missing rows: {sorted(set(want) - set(got))[:5]}"
     if cut_after_fault is None:
         assert set(got) == set(want), f"rows the reference does not make: {sorted(set(got) - set(want))[:5]}"

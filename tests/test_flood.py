@@ -24,8 +24,8 @@ from l2rec.venue.ws_frames import OP_CLOSE, OP_PING, OP_TEXT, FrameParser, Frame
 from tests.fakes.bybit_server import FakeBybit, Fault
 from tests.fakes.faults import extra_frame, flood_topic
 from tests.helpers import wait_for
-from tests.recorder_process import TABLE, RecorderProcess
-from tests.reference import RefRecorder, diff_row
+from tests.recorder_process import RecorderProcess
+from tests.reference import diff_row, expected_rows
 from tests.test_ws_frames import frame
 
 BTC = "orderbook.50.BTCUSDT"
@@ -189,33 +189,6 @@ def test_the_fakes_flood_refuses_what_could_never_fire_as_asked(kw: dict[str, An
 # ------------------------------------------------------------------------------------------- end to end
 
 
-def reference_rows(srv: FakeBybit) -> dict[tuple, dict[str, object]]:
-    """Reference rows of every subscribed frame the server sent, connection by connection (the flood's
-    frames are of a topic nobody subscribed: no row, and decoding them with the reference is slow)."""
-    by_conn: dict[str, list] = {}
-    for r in srv.records():
-        if r.topic is not None and r.fault != "flood":
-            by_conn.setdefault(r.conn_id, []).append(r)
-    want: dict[tuple, dict[str, object]] = {}
-    for records in by_conn.values():
-        ref = RefRecorder(category="linear", data_source="live_trading")
-        for r in records:
-            _kind, row = ref.feed(r.text)
-            if row is not None:
-                row.pop("recv_time_ns", None)
-                want[(row["symbol"], row["sequence"], row["exchange_timestamp"])] = row
-    return want
-
-
-def recorded_rows(rec: RecorderProcess) -> dict[tuple, dict[str, object]]:
-    cols = [r[1] for r in rec.query(f"PRAGMA table_info({TABLE})")]
-    out = {}
-    for row in rec.query(f"SELECT * FROM {TABLE}"):
-        d = dict(zip(cols, row, strict=True))
-        out[(d["symbol"], d["sequence"], d["exchange_timestamp"])] = d
-    return out
-
-
 def assert_rows_right(got: dict[tuple, dict[str, object]], want: dict[tuple, dict[str, object]]) -> None:
     """Every recorded row is the reference's row for the same frame (no wrong row, none invented)."""
     assert set(got) <= set(want), f"rows the reference does not make: {sorted(set(got) - set(want))[:5]}"
@@ -241,14 +214,14 @@ def test_a_flood_of_large_frames_of_another_topic_keeps_the_shard_small_and_ever
     rec = RecorderProcess(tmp_path, srv.url, "BTCUSDT,ETHUSDT")
     try:
         wait_for(lambda: all_sent(srv, 200), 120, "the flood and the stream sent")
-        want = reference_rows(srv)
+        want = expected_rows(srv.records(), skip_fault="flood")
         rec.wait_rows(len(want), timeout=120)
         assert rec.stop() == 0, rec.stderr_text()[-2000:]
     finally:
         rec.kill()
         srv.stop()
     assert srv.sent_count(FLOOD) == 40 and srv.total_connections == 1
-    got = recorded_rows(rec)
+    got = rec.rows_by_key()
     assert set(got) == set(want)
     assert_rows_right(got, want)
     dump = json.loads(rec.health_file.read_text())  # the final dump
@@ -285,7 +258,7 @@ def test_a_parser_that_stops_parsing_stops_the_reader_and_the_sender_not_the_mem
     assert lost and lost[0]["level"] == "CRITICAL" and int(lost[0]["frames"]) > 0
     stuck = rec.log_events("actor did not finish its backlog at stop: what it held is lost")
     assert stuck and "parser" in str(stuck[0]["problem"])
-    assert_rows_right(recorded_rows(rec), reference_rows(srv))  # what was stored is right
+    assert_rows_right(rec.rows_by_key(), expected_rows(srv.records(), skip_fault="flood"))  # what was stored is right
 
 
 def test_sigterm_while_the_shard_works_through_a_backlog_stores_every_frame_sent(tmp_path: Path):
@@ -300,7 +273,7 @@ def test_sigterm_while_the_shard_works_through_a_backlog_stores_every_frame_sent
         rec.kill()
         srv.stop()
     assert code == 0, rec.stderr_text()[-3000:]
-    want, got = reference_rows(srv), recorded_rows(rec)
+    want, got = expected_rows(srv.records(), skip_fault="flood"), rec.rows_by_key()
     assert set(got) == set(want), f"missing rows: {len(set(want) - set(got))}"
     assert_rows_right(got, want)
     dump = json.loads(rec.health_file.read_text())

@@ -30,11 +30,7 @@ def sent_book_frames(srv: FakeBybit) -> list[str]:
 
 def assert_rows_match_reference(rec: RecorderProcess, frames_by_conn: dict[str, list[str]]) -> int:
     """Every frame the server sent is a row, equal to the reference implementation's row."""
-    cols = [r[1] for r in rec.query(f"PRAGMA table_info({TABLE})")]
-    by_key = {}
-    for row in rec.query(f"SELECT * FROM {TABLE}"):
-        d = dict(zip(cols, row, strict=True))
-        by_key[(d["symbol"], d["sequence"], d["exchange_timestamp"])] = d
+    by_key = rec.rows_by_key()
     checked = 0
     for frames in frames_by_conn.values():
         ref = RefRecorder(category="linear", data_source="live_trading")
