@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.run import hwm_bytes  # noqa: E402
 from tests.fakes.bybit_server import FakeBybit, Fault  # noqa: E402
 from tests.helpers import TABLE, query, wait_for  # noqa: E402
 from tests.recorder_process import RecorderProcess  # noqa: E402
@@ -49,18 +50,6 @@ BTC = "orderbook.50.BTCUSDT"
 ETH = "orderbook.50.ETHUSDT"
 FLOOD = "orderbook.50.FLOODUSDT"  # tests/fakes/faults.py flood_topic(BTC)
 MIB = 2**20
-
-
-def _hwm(pid: int) -> int:
-    """The kernel's peak RSS of a live process (VmHWM), exact whatever the polling interval; 0 if gone."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 class ShardWatch:
@@ -81,7 +70,7 @@ class ShardWatch:
                 self.rss = proc.memory_info().rss
             except psutil.Error:
                 return
-            self.peak = max(self.peak, _hwm(self.pid), self.rss)
+            self.peak = max(self.peak, (hwm_bytes(self.pid) or 0), self.rss)
 
     def stop(self) -> None:
         self._stop.set()

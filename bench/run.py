@@ -56,7 +56,7 @@ MACHINE_NOTE = (f"machine: {os.cpu_count()} cores, shared with other jobs (load 
 # ------------------------------------------------------------------------------------ process tree watching
 
 
-def _hwm_bytes(pid: int) -> int | None:
+def hwm_bytes(pid: int) -> int | None:
     """The kernel's peak RSS of a live process (VmHWM), exact whatever the sampling interval."""
     try:
         with open(f"/proc/{pid}/status", "rb") as fh:
@@ -143,7 +143,7 @@ class TreeWatcher:
                     st.fds = p.num_fds()
                     if self.want_pss:
                         st.pss = getattr(p.memory_full_info(), "pss", 0)
-                hwm = _hwm_bytes(p.pid)
+                hwm = hwm_bytes(p.pid)
                 st.peak_rss = max(st.peak_rss, hwm if hwm is not None else st.rss)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
