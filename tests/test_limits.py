@@ -21,12 +21,11 @@ import pytest
 from l2rec.book.keeper import GAP_REJECTED, BookKeeper
 from l2rec.messages.book import BookUpdate, RejectedFrame
 from l2rec.runtime.config import build_config
-from l2rec.storage.sqlite import Store
 from l2rec.venue.protocol import BOOK, R_TOO_MANY_LEVELS, REJECT, classify, max_levels
 from tests.fakes.bybit_server import FakeBybit
 from tests.helpers import wait_for
 from tests.recorder_process import TABLE, RecorderProcess
-from tests.test_storage import spread_rows
+from tests.test_storage import WalWriter
 
 BYBIT_ARGS_LIMIT = 21_000  # "For one public connection, the total length of args must not exceed 21,000 characters"
 THOUSAND = [f"Q{i:03d}USDT" for i in range(1000)]
@@ -239,17 +238,9 @@ def test_the_keeper_refuses_an_oversized_snapshot_it_is_handed_directly():
 
 def test_the_wal_file_is_cut_back_once_a_long_reader_is_gone(tmp_path: Path):
     db = tmp_path / "t.db"
-    wal = tmp_path / "t.db-wal"
-    restart_bytes = 32 * 4096
-    store = Store(str(db), "l2_training_data_practical", wal_restart_pages=32)  # restarts about every 128 KiB
+    w = WalWriter(db)
+    wal, restart_bytes, store, write = w.wal, w.RESTART_BYTES, w.store, w.write
     ckpt = store.checkpointer
-    written = 0
-
-    def write() -> None:
-        nonlocal written
-        assert store.write(spread_rows(written)) == 200
-        written += 200
-
     write()
     reader = sqlite3.connect(db, isolation_level=None)
     reader.execute("BEGIN")
@@ -274,6 +265,4 @@ def test_the_wal_file_is_cut_back_once_a_long_reader_is_gone(tmp_path: Path):
     status = store.status()["wal"]
     assert isinstance(status, dict) and 0 < status["file_bytes"] < 16 * restart_bytes
     assert ckpt.last_error is None
-    store.close()
-    with sqlite3.connect(db) as c:
-        assert c.execute("SELECT count(*) FROM l2_training_data_practical").fetchone()[0] == written
+    assert w.close_and_count() == w.written

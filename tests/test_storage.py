@@ -137,25 +137,44 @@ def spread_rows(start: int, n: int = 200) -> list[tuple[object, ...]]:
     return [make_row(start + i, start + i, 1_000 + start + i, symbol=f"S{i % 50}") for i in range(n)]
 
 
+class WalWriter:
+    """A Store that restarts its WAL about every 128 KiB (32 pages), and a writer of 200 spread rows at a
+    time that counts what it wrote: the set-up of the WAL tests."""
+
+    RESTART_BYTES = 32 * 4096
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.wal = Path(f"{db}-wal")
+        self.store = Store(str(db), TABLE, wal_restart_pages=32)
+        self.written = 0
+
+    def write(self) -> None:
+        assert self.store.write(spread_rows(self.written)) == 200
+        self.written += 200
+
+    def close_and_count(self) -> int:
+        """Close the store; the rows the table holds."""
+        self.store.close()
+        with sqlite3.connect(self.db) as c:
+            return int(c.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0])
+
+
 def test_the_wal_is_copied_beside_the_commits_and_restarted_so_it_stays_small(tmp_path: Path):
     db = tmp_path / "t.db"
-    store = Store(str(db), TABLE, wal_restart_pages=32)  # restart the WAL about every 128 KiB
-    ckpt = store.checkpointer
-    written = 0
+    w = WalWriter(db)
+    ckpt = w.store.checkpointer
     wal_max = 0
 
     def write_more() -> bool:
-        nonlocal written, wal_max
-        assert store.write(spread_rows(written)) == 200
-        written += 200
-        wal_max = max(wal_max, (tmp_path / "t.db-wal").stat().st_size)
+        nonlocal wal_max
+        w.write()
+        wal_max = max(wal_max, w.wal.stat().st_size)
         return ckpt.restarts >= 5 and ckpt.turns >= 5 and db.stat().st_size > 4 * 2**20
 
     wait_for(write_more, 60, "five WAL restarts and a 4 MiB database")
     assert ckpt.last_error is None
-    store.close()
-    with sqlite3.connect(db) as c:
-        assert c.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == written
+    assert w.close_and_count() == w.written
     # Without restarts the WAL would hold every page ever written (more than the database); here it
     # stays within a few restart sizes (24 x 128 KiB = 3 MiB: each commit writes the pages of two indexes,
     # the natural key's and the time index; measured 2.2-2.7 MiB, 1.4-1.9 with the earlier single index).
@@ -164,15 +183,9 @@ def test_the_wal_is_copied_beside_the_commits_and_restarted_so_it_stays_small(tm
 
 def test_a_long_reader_only_delays_the_wal_restart(tmp_path: Path):
     db = tmp_path / "t.db"
-    store = Store(str(db), TABLE, wal_restart_pages=32)
-    ckpt = store.checkpointer
-    written = 0
-
-    def write() -> None:
-        nonlocal written
-        assert store.write(spread_rows(written)) == 200
-        written += 200
-
+    w = WalWriter(db)
+    ckpt = w.store.checkpointer
+    write = w.write
     write()
     reader = sqlite3.connect(db, isolation_level=None)
     reader.execute("BEGIN")
@@ -181,7 +194,7 @@ def test_a_long_reader_only_delays_the_wal_restart(tmp_path: Path):
 
     def wal_grew() -> bool:
         write()
-        return (tmp_path / "t.db-wal").stat().st_size > 8 * 32 * 4096
+        return w.wal.stat().st_size > 8 * w.RESTART_BYTES
 
     wait_for(wal_grew, 60, "the WAL to grow past 8 restart sizes while the reader holds its snapshot")
     assert ckpt.restarts == restarts  # nothing could restart under the reader
@@ -195,6 +208,4 @@ def test_a_long_reader_only_delays_the_wal_restart(tmp_path: Path):
 
     wait_for(restarted, 60, "a WAL restart once the reader is gone")
     assert ckpt.last_error is None
-    store.close()
-    with sqlite3.connect(db) as c:
-        assert c.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == written
+    assert w.close_and_count() == w.written
