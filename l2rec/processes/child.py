@@ -46,15 +46,20 @@ def child_setup(uplink_conn: Connection, level: str, role: str) -> Uplink:
     return uplink
 
 
+def print_stacks(role: str) -> None:
+    """Every thread's stack to stderr, under a line naming the process."""
+    sys.stderr.write(f"--- stacks of {role} (pid {os.getpid()}) ---\n")
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stderr.flush()
+
+
 def install_stack_dump(role: str) -> None:
-    """SIGUSR2 prints every thread's stack to stderr under a line naming the process (the root forwards
-    its SIGUSR2 to every child); the process goes on. A Python-level handler, so the label comes first:
-    it runs within one tick of the main thread, which only ever waits with a timeout."""
+    """SIGUSR2 prints this process's stacks (the root forwards its SIGUSR2 to every child); the process
+    goes on. A Python-level handler, so the label comes first: it runs within one tick of the main thread,
+    which only ever waits with a timeout."""
     def dump(_signum: int, _frame: FrameType | None) -> None:
-        sys.stderr.write(f"--- stacks of {role} (pid {os.getpid()}) ---\n")
-        sys.stderr.flush()
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        sys.stderr.flush()
+        print_stacks(role)
 
     signal.signal(signal.SIGUSR2, dump)
 

@@ -21,7 +21,7 @@ import pykka
 
 from l2rec.actors.health import HealthActor
 from l2rec.messages.health import ChildInfo, DumpHealth, Status, SupervisorState, TotalsRequest
-from l2rec.processes.child import EXIT_RATE_LIMITED, install_stack_dump
+from l2rec.processes.child import EXIT_RATE_LIMITED, print_stacks
 from l2rec.processes.children import Child, ShardChild, WriterChild
 from l2rec.runtime.config import EX_CONFIG, RecorderConfig
 from l2rec.runtime.logs import RootLogging
@@ -96,13 +96,9 @@ class Root:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGUSR1, self._on_usr1)
         signal.signal(signal.SIGHUP, self._on_hup)
-        install_stack_dump("root")
-        dump_own_stacks = signal.getsignal(signal.SIGUSR2)
-
-        def dump_all_stacks(signum: int, frame: FrameType | None) -> None:
+        def dump_all_stacks(_signum: int, _frame: FrameType | None) -> None:
             # The root's own stacks, then every child's (a hang is usually in the writer or a shard).
-            if callable(dump_own_stacks):
-                dump_own_stacks(signum, frame)
+            print_stacks("root")
             for child in (self.writer, *self.shards):
                 if child.proc is not None and child.proc.pid and child.running:
                     with contextlib.suppress(ProcessLookupError):
