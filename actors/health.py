@@ -44,6 +44,10 @@ class HealthActor(RecorderActor):
 
     @handles(TotalsRequest)
     def _on_totals(self, _message: TotalsRequest) -> RunTotals:
+        return self.totals()
+
+    def totals(self) -> RunTotals:
+        """The run's figures: the last report of every earlier incarnation and of the current ones."""
         return run_totals((st for _, st in self.retired), self.latest.values())
 
     @handles(ChildInfo)
@@ -123,7 +127,7 @@ class HealthActor(RecorderActor):
         os.replace(tmp, req.path)  # readers never see a half-written dump
         topics = cast(dict[str, dict[str, Any]], dump["topics"])  # build() made it so
         processes = cast(dict[str, object], dump["processes"])
-        totals = run_totals((st for _, st in self.retired), self.latest.values())
+        totals = self.totals()
         synced = sum(1 for t in topics.values() if t.get("synced"))
         never = sum(1 for t in topics.values() if t.get("sessions") == 0 and not t.get("frames"))
         summary = (f"health dump written to {req.path}: {len(processes)} processes, "
