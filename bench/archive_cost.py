@@ -1,5 +1,6 @@
 """Archive cost per row: one symbol-hour of N rows (every feature column filled) read from SQLite and
-written to Parquet, then written again (the union with the file already there, deduplicated).
+written to Parquet by an archive round, then written again (a round of the same rows recorded again: the
+union with the file already there, deduplicated). CPU seconds beside wall time.
 
     python bench/archive_cost.py [ROWS]        # default 180,000: one busy symbol-hour (50 rows/s)
 """
@@ -18,8 +19,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from l2rec.storage import schema  # noqa: E402
-from l2rec.storage.retention import HOUR_MS, archive_path  # noqa: E402
-from l2rec.storage.sqlite import ArchiveJob, Store, run_archive_job  # noqa: E402
+from l2rec.storage.archive_jobs import ArchiveRound, run_round  # noqa: E402
+from l2rec.storage.retention import HOUR_MS  # noqa: E402
+from l2rec.storage.sqlite import Store  # noqa: E402
 
 T0 = 1_733_011_200_000  # 2024-12-01T00:00:00Z
 TABLE = "l2_training_data_practical"
@@ -54,14 +56,19 @@ def main() -> None:
         for i in range(0, n, 20_000):
             store.write(data[i:i + 20_000])
         store.close()
-        job = ArchiveJob(db, TABLE, "BTCUSDT", T0, archive_path(work / "archive", TABLE, "BTCUSDT", T0),
-                         tuple(schema.NATURAL_KEY))
-        for label in ("first write", "written again (union + dedupe)"):
-            t = time.perf_counter()
-            done = run_archive_job(job)
-            dt = time.perf_counter() - t
-            print(f"{label}: {done.rows:,} rows in {dt:.2f} s = {dt / done.rows * 1e6:.1f} us/row; "
-                  f"file {done.bytes / 1e6:.1f} MB ({done.bytes / done.rows:.0f} B/row)")
+        first = ArchiveRound(db, TABLE, str(work / "archive"), tuple(schema.NATURAL_KEY), 0, 0, T0 + HOUR_MS, n,
+                             T0 + HOUR_MS)
+        # the same rows again, as late rows (ids past the first round's): merged into the hour's file
+        again = ArchiveRound(db, TABLE, str(work / "archive"), tuple(schema.NATURAL_KEY), T0 + HOUR_MS, 0,
+                             T0 + HOUR_MS, n, T0 + HOUR_MS)
+        for label, job in (("first write", first), ("written again (union + dedupe)", again)):
+            t, c = time.perf_counter(), time.process_time()
+            done = run_round(job)
+            dt, dc = time.perf_counter() - t, time.process_time() - c
+            (w,) = done.written
+            print(f"{label}: {w.rows:,} rows in {dt:.2f} s = {dt / w.rows * 1e6:.1f} us/row wall, "
+                  f"{dc / w.rows * 1e6:.1f} us/row CPU; file {w.bytes / 1e6:.1f} MB "
+                  f"({w.bytes / w.rows_in_file:.0f} B/row)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

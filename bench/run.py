@@ -724,6 +724,7 @@ def live_part(args: argparse.Namespace) -> None:
                if args.live_profile else None)
     samples: list[LiveSample] = []
     has_writer_lat = False
+    storage_status: dict[str, Any] = {}  # the writer's db / retention / archive sections, last seen
     load: list[tuple[float, float]] = []  # (t, 1-minute load average)
     t_start = time.time()
     try:
@@ -747,6 +748,7 @@ def live_part(args: argparse.Namespace) -> None:
                 watcher.names = {int(p["pid"]): name for name, p in dump.get("processes", {}).items() if "pid" in p}
                 actors = dump.get("actors", {})
                 w = actors.get("writer:writer", {})
+                storage_status = {k: w[k] for k in ("db", "retention", "archive") if k in w} or storage_status
                 s.writer_committed = int(w.get("rows_committed", 0))
                 r2c = w.get("recv_to_commit_ms")
                 if isinstance(r2c, dict) and r2c.get("p99") is not None:
@@ -799,7 +801,7 @@ def live_part(args: argparse.Namespace) -> None:
     startup = max(t for t in started if t is not None) - t_exec if started and all(started) else None
     _print_log_summary(log_lines)
     _print_live(args, samples, probe, t_start, load, final, rows_total, gaps, code, stop_s, startup, has_writer_lat,
-                profile.window if profile is not None else None, db_sizes)
+                profile.window if profile is not None else None, db_sizes, storage_status)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:
@@ -829,7 +831,8 @@ def _print_log_summary(lines: list[str], top: int = 10) -> None:
 def _print_live(args: argparse.Namespace, samples: list[LiveSample], probe: LatencyProbe, t_start: float,
                 load: list[tuple[float, float]], final: dict[str, Any] | None, rows_total: int, gaps: int,
                 code: int | None, stop_s: float, startup: float | None, has_writer_lat: bool,
-                profiled: tuple[float, float] | None, db_sizes: list[tuple[float, int]] | None = None) -> None:
+                profiled: tuple[float, float] | None, db_sizes: list[tuple[float, int]] | None = None,
+                storage_status: dict[str, Any] | None = None) -> None:
     if len(samples) < 3:
         print("live: too few samples")
         return
@@ -949,6 +952,9 @@ def _print_live(args: argparse.Namespace, samples: list[LiveSample], probe: Late
               f"({_drift(_mb(at3[1]), _mb(last[1]))}; retention {args.live_retention_hours} h"
               f"{', archive on' if args.live_archive else ''}) -> "
               + ("MET" if abs(last[1] - at3[1]) <= 0.10 * at3[1] else "NOT MET") + " (target: within 10 %)")
+    for section in ("retention", "archive"):
+        if storage_status and section in storage_status:
+            print(f"  {section} (health dump, last seen): {json.dumps(storage_status[section])}")
 
 
 def med_or_nan(xs: list[float]) -> float:

@@ -16,8 +16,9 @@ ds = pytest.importorskip("pyarrow.dataset")
 
 from l2rec.storage import schema  # noqa: E402
 from l2rec.storage.archive import to_arrow, write_file  # noqa: E402
+from l2rec.storage.archive_jobs import ArchiveRound, run_round  # noqa: E402
 from l2rec.storage.retention import HOUR_MS, archive_path  # noqa: E402
-from l2rec.storage.sqlite import ArchiveJob, Store, run_archive_job, table_columns  # noqa: E402
+from l2rec.storage.sqlite import Store, table_columns  # noqa: E402
 from tests.helpers import TABLE, clean_env, run_supervisor, wait_for  # noqa: E402
 from tests.test_retention import T0, hours_of_rows, make_row, run_cleanup  # noqa: E402
 
@@ -76,11 +77,12 @@ def test_crash_between_the_archive_write_and_the_delete_loses_nothing_and_double
     store, db, archive = archived_store(tmp_path)
     rows = hours_of_rows(500, 3 * HOUR_MS)
     store.write(rows)
-    # The writer's order: write the file durably, record it, delete. Stop after the file ("crash").
-    job = store.retention._next_job()  # the next closed hour
-    assert job is not None and job.hour_ms == T0
-    done = run_archive_job(job)
-    assert done.rows == done.rows_in_file > 0
+    # The writer's order: plan the round, write its files durably, record it, delete. Stop after the files
+    # ("crash").
+    job = store.retention._next_round(0, final=True)
+    assert job is not None and job.old_cut_ms == 0 and job.cut_ms == T0 + HOUR_MS  # one hour at a time
+    done = run_round(job)
+    assert done.rows == sum(w.rows_in_file for w in done.written) > 0
     store.close()  # the bookkeeping never happened
     assert len(sqlite_keys(db)) == len(rows)  # nothing left SQLite
     # Next start: the hour is written again (the union with the file already there), then deleted.
@@ -92,6 +94,91 @@ def test_crash_between_the_archive_write_and_the_delete_loses_nothing_and_double
     everything = {(r[1], r[SEQ], r[TS]) for r in rows}
     assert set(got) | sqlite_keys(db) == everything  # nothing lost
     assert set(got) & sqlite_keys(db) == {k for k in set(got) if k[2] >= max(r[TS] for r in rows) - HOUR_MS}  # type: ignore[operator]
+
+
+def key_of(r: tuple[object, ...]) -> tuple[object, ...]:
+    return (r[1], r[SEQ], r[TS])
+
+
+def archive_files(archive: Path) -> list[str]:
+    return sorted(p.relative_to(archive / TABLE).as_posix() for p in archive.rglob("*.parquet"))
+
+
+def test_a_retention_shorter_than_an_hour_moves_old_rows_to_parts_then_the_closed_hour_to_one_file(tmp_path: Path):
+    """Retention of 3 minutes with an archive: rows older than the horizon leave SQLite before their hour
+    closes (the database stops growing), through part files; when the hour closes, its parts and its
+    last rows become its one file."""
+    db, archive = tmp_path / "r.db", tmp_path / "archive"
+    store = Store(str(db), TABLE, retention_hours=0.05, archive_dir=str(archive), archive_grace_s=60)
+    first = hours_of_rows(3000, 50 * 60_000)  # 00:00 .. 00:50 of two symbols: hour 00 is open
+    store.write(first)
+    run_cleanup(store, final=True)
+    horizon = max(r[TS] for r in first) - 180_000  # type: ignore[type-var, operator]
+    everything = {key_of(r) for r in first}
+    assert sqlite_keys(db) == {k for k in everything if k[2] >= horizon}  # type: ignore[operator]
+    got = archive_rows(archive)
+    assert len(got) == len(set(got)) and set(got) == {k for k in everything if k[2] < horizon}  # type: ignore[operator]
+    assert archive_files(archive) == [f"date=2024-12-01/symbol={s}/00.part-{horizon}.parquet"
+                                      for s in ("BTCUSDT", "ETHUSDT")]
+    assert store.status()["archive"]["hours_with_parts"] == 2  # type: ignore[index]
+    # Replaying the same rows changes nothing: those that had left SQLite come back as late rows, merged.
+    store.write(first)
+    run_cleanup(store, final=True)
+    assert sorted(archive_rows(archive)) == sorted(got)
+    assert sqlite_keys(db) == {k for k in everything if k[2] >= horizon}  # type: ignore[operator]
+    # Hour 01 goes past the grace: hour 00 is closed, one file per symbol, its parts gone.
+    second = [make_row(10_000 + i, T0 + HOUR_MS + i * 1000, s) for s in ("BTCUSDT", "ETHUSDT") for i in range(600)]
+    store.write(second)
+    run_cleanup(store, final=True)
+    store.close()
+    everything |= {key_of(r) for r in second}
+    horizon = T0 + HOUR_MS + 599_000 - 180_000
+    got = archive_rows(archive)
+    assert len(got) == len(set(got))
+    assert sqlite_keys(db) == {k for k in everything if k[2] >= horizon}  # type: ignore[operator]
+    assert set(got) == {k for k in everything if k[2] < horizon}  # type: ignore[operator]
+    assert archive_files(archive) == sorted(
+        [f"date=2024-12-01/symbol={s}/00.parquet" for s in ("BTCUSDT", "ETHUSDT")]
+        + [f"date=2024-12-01/symbol={s}/01.part-{horizon}.parquet" for s in ("BTCUSDT", "ETHUSDT")])
+    f = pq.read_table(archive / TABLE / "date=2024-12-01" / "symbol=BTCUSDT" / "00.parquet")
+    assert f.num_rows == 3000 and f.column("exchange_timestamp").to_pylist() == sorted(
+        f.column("exchange_timestamp").to_pylist())
+
+
+def test_a_crash_after_a_part_is_written_redoes_the_same_round_and_doubles_nothing(tmp_path: Path):
+    db, archive = tmp_path / "r.db", tmp_path / "archive"
+    store = Store(str(db), TABLE, retention_hours=0.05, archive_dir=str(archive), archive_grace_s=60)
+    rows = hours_of_rows(2000, 40 * 60_000)
+    store.write(rows)
+    job = store.retention._next_round(0, final=True)
+    assert job is not None
+    run_round(job)  # the files are durable; the round is not recorded ("crash")
+    store.close()
+    store = Store(str(db), TABLE, retention_hours=0.05, archive_dir=str(archive), archive_grace_s=60)
+    store.write([make_row(50_000, T0 + 45 * 60_000)])  # the horizon moves: a new round would cut elsewhere
+    run_cleanup(store, final=True)
+    store.close()
+    got = archive_rows(archive)
+    assert len(got) == len(set(got))
+    everything = {key_of(r) for r in rows} | {("BTCUSDT", 50_000, T0 + 45 * 60_000)}
+    assert set(got) | sqlite_keys(db) == everything and not set(got) & sqlite_keys(db)
+    assert {p.name for p in (archive / TABLE).rglob("*.parquet")} == {f"00.part-{job.cut_ms}.parquet",
+                                                                       f"00.part-{T0 + 42 * 60_000}.parquet"}
+
+
+def test_rows_of_an_archived_hour_recorded_later_are_merged_into_its_file(tmp_path: Path):
+    store, db, archive = archived_store(tmp_path)
+    rows = hours_of_rows(500, 3 * HOUR_MS)
+    store.write(rows)
+    run_cleanup(store, final=True)
+    late = [make_row(90_000 + i, T0 + 7 + i, "BTCUSDT") for i in range(5)]  # hour 00, archived and gone
+    store.write(late)
+    run_cleanup(store, final=True)
+    store.close()
+    f = pq.read_table(archive / TABLE / "date=2024-12-01" / "symbol=BTCUSDT" / "00.parquet")
+    hour_00 = [r for r in rows if r[1] == "BTCUSDT" and r[TS] < T0 + HOUR_MS]  # type: ignore[operator]
+    assert f.num_rows == len(hour_00) + 5
+    assert {key_of(r) for r in late} <= set(archive_rows(archive)) and not {key_of(r) for r in late} & sqlite_keys(db)
 
 
 def test_an_hour_written_twice_is_one_file_with_the_union_deduplicated_by_the_natural_key(tmp_path: Path):
@@ -139,7 +226,7 @@ def test_an_archive_dir_that_cannot_be_written_is_an_error_rows_stay_and_recordi
     else:
         blocker.unlink()
     later = 61 * 10**9
-    wait_for(lambda: store.cleanup_step(later) and store.retention.hours_archived >= 2, 10, "the retried archive")
+    wait_for(lambda: store.cleanup_step(later) and store.retention.files_written >= 2, 20, "the retried archive")
     run_cleanup(store, now_ns=later, final=True)
     store.close()
     assert len(archive_rows(archive)) + len(sqlite_keys(db)) - len(
@@ -193,13 +280,12 @@ def test_a_replay_with_an_archive_is_readable_as_one_dataset_with_the_hot_table(
     assert sorted(archive_rows(archive)) == sorted(got) and sqlite_keys(db) == hot
 
 
-def test_archive_job_of_an_hour_without_rows_writes_nothing(tmp_path: Path):
+def test_a_round_over_a_table_without_rows_writes_nothing(tmp_path: Path):
     db = tmp_path / "r.db"
     Store(str(db), TABLE).close()
-    job = ArchiveJob(str(db), TABLE, "BTCUSDT", T0, archive_path(tmp_path / "a", TABLE, "BTCUSDT", T0),
-                     schema.NATURAL_KEY)
-    done = run_archive_job(job)
-    assert done.max_id is None and not job.path.exists()
+    job = ArchiveRound(str(db), TABLE, str(tmp_path / "a"), tuple(schema.NATURAL_KEY), 0, 0, T0 + HOUR_MS, 0,
+                       T0 + HOUR_MS)
+    assert run_round(job).written == () and not (tmp_path / "a").exists()
 
 
 # -- l2rec export ----------------------------------------------------------------------------------------

@@ -12,16 +12,21 @@ import pytest
 
 from l2rec.messages.writer import GapRecord, SessionRecord
 from l2rec.storage.retention import (
+    DELETE_CHUNK_ROWS,
     HOUR_MS,
+    ArchivedThrough,
     DeleteRange,
     archive_path,
+    archive_target,
     closed_until,
     horizon_ms,
-    next_hour_to_archive,
+    next_cut,
+    part_path,
+    parts_of,
     plan_deletes,
 )
 from l2rec.storage.schema import ROW_COLUMNS
-from l2rec.storage.sqlite import DELETE_CHUNK_ROWS, VACUUM_COMMAND, Store
+from l2rec.storage.sqlite import VACUUM_COMMAND, Store
 from tests.helpers import TABLE, clean_env, run_supervisor
 
 T0 = 1_733_011_200_000  # 2024-12-01T00:00:00Z
@@ -65,18 +70,43 @@ def test_horizon_is_the_newest_exchange_time_minus_the_retention_fractions_allow
 def test_an_hour_is_closed_once_the_newest_row_is_the_grace_past_its_end():
     assert closed_until(T0 + HOUR_MS + 59_999, 60) == T0  # 00:00 hour not closed yet
     assert closed_until(T0 + HOUR_MS + 60_000, 60) == T0 + HOUR_MS  # now it is
-    assert next_hour_to_archive(T0 + 5, None, T0 + HOUR_MS) == T0
-    assert next_hour_to_archive(T0 + 5, T0, T0 + HOUR_MS) is None  # archived already
-    assert next_hour_to_archive(T0 + 5, None, T0) is None  # not closed
 
 
-def test_with_an_archive_only_archived_hours_are_planned_cut_at_the_horizon():
+def test_the_archive_reaches_every_closed_hour_and_with_a_short_retention_the_horizon():
+    newest = T0 + 2 * HOUR_MS + 30 * 60_000  # 02:30
+    assert archive_target(newest, 0, 60) == T0 + 2 * HOUR_MS  # archive only: closed hours (00, 01)
+    assert archive_target(newest, 24, 60) == T0 + 2 * HOUR_MS  # a long retention: the same
+    assert archive_target(newest, 0.05, 60) == newest - 180_000  # 3 minutes: rows leave hour 02 as parts
+    assert archive_target(None, 1, 60) is None
+
+
+def test_a_round_moves_the_cut_at_most_an_hour_past_the_oldest_row_not_archived():
+    assert next_cut(0, T0 + 5 * HOUR_MS, T0 + 5) == T0 + HOUR_MS  # first round on an old table: one hour
+    assert next_cut(T0 + HOUR_MS, T0 + 5 * HOUR_MS, None) == T0 + 2 * HOUR_MS
+    assert next_cut(T0 + HOUR_MS, T0 + HOUR_MS + 7, None) == T0 + HOUR_MS + 7  # live: up to the target
+    assert next_cut(T0 + HOUR_MS, T0, None) == T0 + HOUR_MS  # never backwards
+
+
+def test_with_an_archive_only_rows_its_files_hold_are_planned():
     horizon = T0 + 2 * HOUR_MS + 5
-    assert plan_deletes(["A"], horizon, None) == [DeleteRange("A", None, horizon)]
-    archived = {("A", T0): 10, ("A", T0 + 2 * HOUR_MS): 30, ("B", T0): 7, ("A", T0 + 3 * HOUR_MS): 40}
-    assert plan_deletes(["A", "B"], horizon, archived) == [
-        DeleteRange("A", T0, T0 + HOUR_MS, 10), DeleteRange("A", T0 + 2 * HOUR_MS, horizon, 30),
-        DeleteRange("B", T0, T0 + HOUR_MS, 7)]
+    assert plan_deletes(["A"], horizon, None) == [DeleteRange("A", horizon)]
+    # the archive reaches 01:00 with ids up to 30: rows newer than that, or recorded later, stay
+    assert plan_deletes(["A", "B"], horizon, ArchivedThrough(T0 + HOUR_MS, 30)) == [
+        DeleteRange("A", T0 + HOUR_MS, 30), DeleteRange("B", T0 + HOUR_MS, 30)]
+    # the archive is ahead of the horizon: the horizon decides
+    assert plan_deletes(["A"], horizon, ArchivedThrough(T0 + 3 * HOUR_MS, 99)) == [DeleteRange("A", horizon, 99)]
+
+
+def test_parts_of_an_open_hour_sit_beside_its_file_oldest_cut_first(tmp_path: Path):
+    hour = archive_path(tmp_path, "t", "BTCUSDT", T0 + 13 * HOUR_MS)
+    assert part_path(hour, 1234) == hour.with_name("13.part-1234.parquet")
+    assert parts_of(hour) == []
+    hour.parent.mkdir(parents=True)
+    for cut in (20_000, 3_000):
+        part_path(hour, cut).touch()
+    (hour.parent / "12.part-1.parquet").touch()  # another hour's
+    hour.touch()
+    assert parts_of(hour) == [part_path(hour, 3_000), part_path(hour, 20_000)]
 
 
 def test_archive_paths_are_hive_partitions_of_date_and_symbol():

@@ -32,6 +32,10 @@ class ArchiveError(RuntimeError):
         self.path = path
         self.cause = cause
 
+    def __reduce__(self) -> tuple[type[ArchiveError], tuple[Path, BaseException]]:
+        # Raised in the archive process and handed back to the writer: pickled with its path and cause.
+        return ArchiveError, (self.path, self.cause)
+
 
 @dataclass(frozen=True, slots=True)
 class Written:
@@ -112,19 +116,21 @@ def _make_dirs(directory: Path) -> None:
         _fsync_dir(d.parent)
 
 
-def write_file(path: Path, new: Any, key: Sequence[str], fmt: str = "parquet") -> Written:
+def write_file(path: Path, new: Any, key: Sequence[str], fmt: str = "parquet",
+               consume: Sequence[Path] = ()) -> Written:
     """Write the Arrow table ``new`` (sorted by SORT_COLUMNS) to ``path`` durably, as Parquet (zstd) or CSV
-    (gzip); a file already
-    there is merged (union, deduplicated by ``key``, its rows winning). Raises :class:`ArchiveError` naming
-    the path; nothing is ever half-written."""
+    (gzip); a file already there, and the files in ``consume`` (the parts of an hour), are merged (union,
+    deduplicated by ``key``, older rows winning) and the consumed files removed once ``path`` is durable.
+    Raises :class:`ArchiveError` naming the path; nothing is ever half-written, and a crash before the
+    removal leaves rows in two files, which the next merge of that hour makes one again."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         pa = _pa()
         table = new  # its rows come sorted (ORDER BY exchange_timestamp, sequence)
-        if path.exists():
-            old = _read(path, fmt, new.schema)
+        olds = [_read(p, fmt, new.schema) for p in (path, *consume) if p.exists()]
+        if olds:
             # promote: a column added to SQLite since the old file was written is NULL in its rows
-            table = _sort(_dedupe(pa.concat_tables([old, new], promote_options="default"), key), key)
+            table = _sort(_dedupe(pa.concat_tables([*olds, new], promote_options="default"), key), key)
         _make_dirs(path.parent)
         if fmt == "csv":
             import pyarrow.csv as pcsv
@@ -142,6 +148,11 @@ def write_file(path: Path, new: Any, key: Sequence[str], fmt: str = "parquet") -
             os.close(fd)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        gone = [p for p in consume if p != path]
+        for p in gone:
+            p.unlink(missing_ok=True)
+        if gone:
+            _fsync_dir(path.parent)
         return Written(path, new.num_rows, table.num_rows, path.stat().st_size)
     except BaseException as exc:
         with contextlib.suppress(OSError):  # the directory itself refuses us: the error raised says so

@@ -8,7 +8,7 @@ data keeps and removes the same rows a live run of that day would have.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,44 +49,64 @@ def closed_until(newest_ms: int | None, grace_s: float) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class DeleteRange:
-    """Rows of one symbol with ``lo_ms <= exchange_timestamp < hi_ms`` (no lower bound when ``lo_ms`` is
-    None) and, with an archive, ``id <= max_id``: the rows the archive file of that hour holds. Rows of
-    the hour recorded after the file was written have larger ids and stay until the hour is archived
-    again."""
+    """Rows of one symbol older than ``hi_ms`` and, with an archive, with ``id <= max_id``: rows the archive's
+    durable files hold (see :class:`ArchivedThrough`). Rows recorded after the archive's last round have
+    larger ids and stay until a round has written them."""
 
     symbol: str
-    lo_ms: int | None
     hi_ms: int
     max_id: int | None = None
 
 
-def plan_deletes(symbols: Iterable[str], horizon: int, archived: Mapping[tuple[str, int], int] | None,
-                 oldest: Mapping[str, int] | None = None) -> list[DeleteRange]:
-    """What a cleanup removes, in order. Without an archive: every row of each symbol older than
-    ``horizon``. With one (``archived`` maps (symbol, hour start) to the largest id its file holds): only
-    the archived hours' rows, each hour cut at the horizon; an hour not archived yet keeps its rows.
-    ``oldest`` (symbol -> its oldest recorded exchange_timestamp) only skips hours with nothing left."""
-    out: list[DeleteRange] = []
-    for symbol in symbols:
-        if archived is None:
-            out.append(DeleteRange(symbol, None, horizon))
-            continue
-        first = hour_start(oldest[symbol]) if oldest and symbol in oldest else None
-        for (sym, hour), max_id in sorted(archived.items()):
-            if sym != symbol or hour >= horizon or (first is not None and hour < first):
-                continue
-            out.append(DeleteRange(symbol, hour, min(hour + HOUR_MS, horizon), max_id))
-    return out
+@dataclass(frozen=True, slots=True)
+class ArchivedThrough:
+    """What the archive holds: every row with ``exchange_timestamp < cut_ms`` and ``id <= max_id`` is in a
+    durable file. One pair per table, moved forward by each archive round (a round writes the rows with
+    ``exchange_timestamp < new cut`` and ``id <= new max_id`` that the old pair did not cover, which
+    includes old rows recorded late), so that retention can delete with one condition, from the table's
+    head (``l2rec.storage.retainer``)."""
+
+    cut_ms: int = 0
+    max_id: int = 0
 
 
-def next_hour_to_archive(oldest_ms: int, archived_through: int | None, until: int) -> int | None:
-    """The first hour of a symbol to archive: at or after its oldest row, after the last hour it has in the
-    archive, and closed (starting before ``until``). None when there is none yet. The caller moves on to
-    the next hour that has rows."""
-    start = hour_start(oldest_ms)
-    if archived_through is not None:
-        start = max(start, archived_through + HOUR_MS)
-    return start if start < until else None
+def delete_bound(horizon: int, archived: ArchivedThrough | None) -> tuple[int, int | None]:
+    """(exchange_timestamp bound, id bound) of what a cleanup may remove: older than the horizon and, with
+    an archive, held by its files."""
+    if archived is None:
+        return horizon, None
+    return min(horizon, archived.cut_ms), archived.max_id
+
+
+def plan_deletes(symbols: Iterable[str], horizon: int, archived: ArchivedThrough | None) -> list[DeleteRange]:
+    """The per-symbol pass of a cleanup: every row of each symbol older than ``horizon`` and, with an
+    archive, held by its files (``archived``). The head-of-table pass before it removes most of them."""
+    hi, max_id = delete_bound(horizon, archived)
+    return [DeleteRange(symbol, hi, max_id) for symbol in symbols]
+
+
+def archive_target(newest_ms: int | None, retention_hours: float, grace_s: float) -> int | None:
+    """How far the archive should reach (a cut: rows older go to files): every closed hour, and with a
+    retention, everything older than the horizon too (those rows are about to leave SQLite; in an hour
+    still open they go to part files until it closes)."""
+    until = closed_until(newest_ms, grace_s)
+    horizon = horizon_ms(newest_ms, retention_hours)
+    if until is None:
+        return None
+    return until if horizon is None else max(until, horizon)
+
+
+def next_cut(cut_ms: int, target_ms: int, oldest_ms: int | None) -> int:
+    """The cut of the next archive round: the target, but at most one hour past the oldest row not yet
+    covered, so that a round's work (and its memory: one symbol-hour at a time, but every symbol) stays
+    bounded when a large table is archived for the first time."""
+    lo = cut_ms if oldest_ms is None else max(cut_ms, oldest_ms)
+    return max(cut_ms, min(target_ms, hour_start(lo) + HOUR_MS))
+
+
+def hours_between(lo_ms: int, hi_ms: int) -> list[int]:
+    """The UTC hours overlapping ``[lo_ms, hi_ms)``, oldest first."""
+    return list(range(hour_start(lo_ms), hi_ms, HOUR_MS)) if hi_ms > lo_ms else []
 
 
 def archive_path(archive_dir: str | Path, table: str, symbol: str, hour_ms: int, suffix: str = "parquet") -> Path:
@@ -94,3 +114,22 @@ def archive_path(archive_dir: str | Path, table: str, symbol: str, hour_ms: int,
     ``symbol``) that pyarrow, DuckDB and polars read as columns; one file per UTC hour."""
     t = datetime.fromtimestamp(hour_ms / 1000, tz=UTC)
     return Path(archive_dir) / table / f"date={t:%Y-%m-%d}" / f"symbol={symbol}" / f"{t:%H}.{suffix}"
+
+
+def part_path(hour_path: Path, cut_ms: int) -> Path:
+    """A part of an hour still open: ``HH.part-CUT.parquet`` beside the hour's file, holding rows older than
+    the cut that had to leave SQLite (retention shorter than the hour) before the hour closed. A reader
+    of the directory sees parts like any file of the dataset; when the hour closes its parts are merged
+    into ``HH.parquet`` and removed."""
+    stem, _, suffix = hour_path.name.partition(".")
+    return hour_path.with_name(f"{stem}.part-{cut_ms}.{suffix}")
+
+
+def parts_of(hour_path: Path) -> list[Path]:
+    """The parts of an hour's file now on disk, oldest cut first."""
+    stem, _, suffix = hour_path.name.partition(".")
+    if not hour_path.parent.is_dir():
+        return []
+    found = [p for p in hour_path.parent.iterdir()
+             if p.name.startswith(f"{stem}.part-") and p.name.endswith(f".{suffix}")]
+    return sorted(found, key=lambda p: int(p.name[len(stem) + 6:-len(suffix) - 1]))
