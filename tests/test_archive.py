@@ -351,3 +351,53 @@ def test_export_with_a_bad_flag_exits_78_naming_it(tmp_path: Path):
     assert res.returncode == 78 and "'until'" in res.stderr  # type: ignore[attr-defined]
     res = l2rec("export", "--db", str(tmp_path / "r.db"), "--out", str(tmp_path), "--table", "nope")
     assert res.returncode == 78 and "'table'" in res.stderr  # type: ignore[attr-defined]
+
+
+# -- the README's readers ----------------------------------------------------------------------------------
+
+def readme_sql() -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = text.index("CREATE VIEW l2 AS")
+    return text[start:text.index("```", start)]
+
+
+def archive_with_parts(tmp_path: Path) -> tuple[Path, Path, set[tuple[object, ...]]]:
+    """An archive holding a closed hour (00.parquet) and parts of an open one, and its hot table."""
+    db, archive = tmp_path / "r.db", tmp_path / "archive"
+    store = Store(str(db), TABLE, retention_hours=0.05, archive_dir=str(archive), archive_grace_s=60)
+    rows = [make_row(i + 1, T0 + i * 2000, s) for s in ("BTCUSDT", "ETHUSDT") for i in range(2400)]  # 00:00-01:20
+    for i in range(0, len(rows), 600):
+        store.write(rows[i:i + 600])
+        run_cleanup(store, final=True)
+    store.close()
+    names = {p.name for p in archive.rglob("*.parquet")}
+    assert "00.parquet" in names and any(n.startswith("01.part-") for n in names)
+    return db, archive, {key_of(r) for r in rows}
+
+
+def test_duckdb_reads_the_archive_and_the_readme_query_gives_every_row_once(tmp_path: Path):
+    duckdb = pytest.importorskip("duckdb")
+    db, archive, everything = archive_with_parts(tmp_path)
+    con = duckdb.connect()
+    files = f"{archive}/{TABLE}/*/*/*.parquet"
+    n, dates = con.execute(f"SELECT count(*), min(date) FROM read_parquet('{files}', hive_partitioning = true, "
+                           "union_by_name = true)").fetchone()
+    assert n == len(archive_rows(archive)) and str(dates) == "2024-12-01"
+    # The README's view over the archive and the hot table (ATTACHed there with DuckDB's sqlite extension,
+    # which needs the internet to install: here the same rows are handed over as an Arrow table).
+    with sqlite3.connect(db) as c:
+        cols = table_columns(c, TABLE)
+        hot_rows = to_arrow(cols, [c.execute(f"SELECT * FROM {TABLE}").fetchall()])  # noqa: F841 (read by duckdb)
+    sql = readme_sql().replace("archive/l2_training_data_practical", f"{archive}/{TABLE}").replace(
+        "hot.l2_training_data_practical", "hot_rows")
+    con.execute(sql)
+    got = con.execute("SELECT symbol, sequence, exchange_timestamp FROM l2").fetchall()
+    assert len(got) == len(set(got)) and set(got) == everything
+
+
+def test_polars_scans_the_archive_as_one_dataset(tmp_path: Path):
+    pl = pytest.importorskip("polars")
+    _, archive, _ = archive_with_parts(tmp_path)
+    frame = pl.scan_parquet(f"{archive}/{TABLE}/**/*.parquet", hive_partitioning=True).collect()
+    assert sorted(zip(frame["symbol"], frame["sequence"], frame["exchange_timestamp"], strict=True)) == sorted(
+        archive_rows(archive))
