@@ -233,6 +233,31 @@ def test_an_archive_dir_that_cannot_be_written_is_an_error_rows_stay_and_recordi
         set(archive_rows(archive)) & sqlite_keys(db)) == len(rows) + 1
 
 
+def test_a_full_disk_in_the_archive_is_critical_with_the_path_and_loses_nothing(tmp_path: Path, caplog):
+    """The archive's disk is full (its temporary file is /dev/full, which refuses every write with ENOSPC):
+    CRITICAL naming the file, every row stays in SQLite, and the next start archives them all, once."""
+    store, db, archive = archived_store(tmp_path)
+    rows = hours_of_rows(300, 3 * HOUR_MS)
+    store.write(rows)
+    target = archive_path(archive, TABLE, "BTCUSDT", T0)
+    target.parent.mkdir(parents=True)
+    full = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # at close the writer's own process writes
+    full.symlink_to("/dev/full")
+    with caplog.at_level(logging.ERROR, logger="recorder.storage"):
+        run_cleanup(store, final=True)
+    store.close()
+    critical = [r for r in caplog.records if "archive write failed" in r.getMessage()]
+    assert critical and critical[0].levelno == logging.CRITICAL
+    assert str(target) == critical[0].fields["path"]  # type: ignore[attr-defined]
+    assert len(sqlite_keys(db)) == len(rows)  # nothing left SQLite
+    assert not full.exists()  # the failed write's temporary name is gone (here: the link to /dev/full)
+    store, db, archive = archived_store(tmp_path)
+    run_cleanup(store, final=True)
+    store.close()
+    got = archive_rows(archive)
+    assert len(got) == len(set(got)) and set(got) | sqlite_keys(db) == {key_of(r) for r in rows}
+
+
 def test_archive_dir_without_pyarrow_exits_78_naming_the_extra(tmp_path: Path):
     # A pyarrow that cannot be imported, ahead of the real one on the path: as if it were not installed.
     shim = tmp_path / "shim"
