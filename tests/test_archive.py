@@ -426,3 +426,32 @@ def test_polars_scans_the_archive_as_one_dataset(tmp_path: Path):
     frame = pl.scan_parquet(f"{archive}/{TABLE}/**/*.parquet", hive_partitioning=True).collect()
     assert sorted(zip(frame["symbol"], frame["sequence"], frame["exchange_timestamp"], strict=True)) == sorted(
         archive_rows(archive))
+
+
+ORPHAN_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from tests.test_retention import hours_of_rows
+from l2rec.storage.sqlite import Store
+from l2rec.storage.retention import HOUR_MS
+store = Store({db!r}, {table!r}, retention_hours=1, archive_dir={archive!r})
+store.write(hours_of_rows(200, 3 * HOUR_MS))
+store.cleanup_step(1)  # submits a round: the archive process starts
+print(*store.retention._executor._processes, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the writer killed (a hang the root ended)
+"""
+
+
+def test_the_archive_process_ends_with_a_killed_writer(tmp_path: Path):
+    import subprocess
+    import sys
+
+    import psutil
+
+    root = str(Path(__file__).resolve().parent.parent)
+    script = ORPHAN_SCRIPT.format(root=root, db=str(tmp_path / "r.db"), table=TABLE, archive=str(tmp_path / "a"))
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=root)
+    pids = [int(p) for p in res.stdout.split()]
+    assert len(pids) == 1, res.stderr[-2000:]
+    wait_for(lambda: not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == psutil.STATUS_ZOMBIE,
+             15, "the archive process to end")

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -86,9 +87,18 @@ ARCHIVE_NICE = 10
 _TS = ROW_COLUMNS.index("exchange_timestamp")
 
 
-def _lower_priority() -> None:
+def _archive_process_init(writer_pid: int) -> None:
+    """In the archive process: run below the recorder's priority, and end with the writer. A pool worker
+    whose parent was killed (SIGKILL by the root after a hang) would otherwise wait for work forever."""
     with contextlib.suppress(OSError):
         os.nice(ARCHIVE_NICE)
+
+    def watch() -> None:
+        while os.getppid() == writer_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="writer-watch", daemon=True).start()
 
 
 class Retainer:
@@ -354,7 +364,7 @@ class Retainer:
             return False
         if self._executor is None:
             self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_lower_priority)
+                                                 initializer=_archive_process_init, initargs=(os.getpid(),))
         self._future = self._executor.submit(run_round, job)
         return False
 
