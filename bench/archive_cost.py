@@ -7,7 +7,6 @@ union with the file already there, deduplicated). CPU seconds beside wall time.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import shutil
 import sys
@@ -49,7 +48,6 @@ def rows(n: int) -> list[tuple[object, ...]]:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 180_000
-    native = importlib.util.find_spec("connectorx") is not None
     work = Path(tempfile.mkdtemp(prefix="l2rec-archive-cost-"))
     try:
         db = str(work / "r.db")
@@ -63,13 +61,9 @@ def main() -> None:
         # the same rows again, as late rows (ids past the first round's): merged into the hour's file
         again = ArchiveRound(db, TABLE, str(work / "archive"), tuple(schema.NATURAL_KEY), T0 + HOUR_MS, 0,
                              T0 + HOUR_MS, n, T0 + HOUR_MS)
-        runs = [("first write", first, False), ("written again (union + dedupe)", again, False)]
-        if native:
-            runs = [(f"{label}, connectorx", job, True) for label, job, _ in runs] + runs
-        for label, job, with_cx in runs:
-            shutil.rmtree(work / "archive", ignore_errors=True) if job is first else None
+        for label, job in (("first write", first), ("written again (union + dedupe)", again)):
             t, c = time.perf_counter(), time.process_time()
-            done = run_round(job, native=with_cx)
+            done = run_round(job)
             dt, dc = time.perf_counter() - t, time.process_time() - c
             (w,) = done.written
             print(f"{label}: {w.rows:,} rows in {dt:.2f} s = {dt / w.rows * 1e6:.1f} us/row wall, "

@@ -3,7 +3,6 @@ its file is durable, idempotent rewrites, failures that never stop recording or 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
@@ -304,27 +303,6 @@ def test_a_replay_with_an_archive_is_readable_as_one_dataset_with_the_hot_table(
                          env=clean_env(L2REC_DATA_RETENTION_HOURS="1", L2REC_ARCHIVE_DIR=str(archive)), timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(archive_rows(archive)) == sorted(got) and sqlite_keys(db) == hot
-
-
-def test_the_native_reader_and_sqlite3_read_the_same_table(tmp_path: Path):
-    """connectorx (the archive process's reader) and sqlite3 (the fallback, and the writer's at close) give
-    the same Arrow table: types, NULLs, order, the seed's DATETIME `timestamp` as text, a quote in a
-    symbol kept a literal."""
-    pytest.importorskip("connectorx")
-    from l2rec.storage.archive_jobs import read_hour_native, read_hour_sqlite3
-
-    db = tmp_path / "r.db"
-    store = Store(str(db), TABLE)
-    store.write(hours_of_rows(400, HOUR_MS, ("BTC'USDT", "ETHUSDT")))
-    store.close()  # no sqlite3 connection open while connectorx reads (see read_hour_native)
-    with contextlib.closing(sqlite3.connect(db)) as c:
-        cols = table_columns(c, TABLE)
-    job = ArchiveRound(str(db), TABLE, str(tmp_path / "a"), tuple(schema.NATURAL_KEY), 0, 0, T0 + HOUR_MS, 10**9,
-                       T0 + HOUR_MS)
-    fast = read_hour_native(job, cols, "BTC'USDT", T0)
-    slow = read_hour_sqlite3(job, cols, "BTC'USDT", T0)
-    assert fast is not None and fast.num_rows == 400
-    assert fast.schema == slow.schema and fast.equals(slow)
 
 
 def test_a_round_over_a_table_without_rows_writes_nothing(tmp_path: Path):

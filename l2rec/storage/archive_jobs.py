@@ -95,29 +95,13 @@ def _groups(conn: sqlite3.Connection, job: ArchiveRound) -> list[tuple[str, int]
     return sorted(out, key=lambda g: (g[1], g[0]))
 
 
-def _hour_sql(job: ArchiveRound, columns: Sequence[tuple[str, str]], symbol: str, hour: int, *,
-              literal: bool) -> tuple[str, tuple[object, ...]]:
-    """The query of the rows of (symbol, hour) this round covers and the old pair did not, in file order:
-    with ``?`` parameters, or (``literal``: connectorx takes none) with the values written in (integers,
-    and the symbol as an SQL string literal)."""
-    from l2rec.storage.archive import arrow_type_name
-
-    exprs = []
-    for name, declared in columns:
-        # connectorx types a column by its declared type: one SQLite only knows by affinity (the seed's
-        # DATETIME `timestamp` holds ISO text) is read as what the archive stores.
-        wanted = {"string": "TEXT", "float64": "REAL", "int64": "INTEGER"}[arrow_type_name(declared)]
-        exprs.append(name if not literal or declared.upper() == wanted else f"CAST({name} AS {wanted}) AS {name}")
-    params: tuple[object, ...] = (symbol, hour, min(hour + HOUR_MS, job.cut_ms), job.max_id, job.old_cut_ms,
-                                  job.old_max_id)
-    where = ("symbol = ? AND exchange_timestamp >= ? AND exchange_timestamp < ? AND rowid <= ? AND "
-             "(exchange_timestamp >= ? OR rowid > ?)")
-    if literal:
-        for value in params:
-            text = "'" + value.replace("'", "''") + "'" if isinstance(value, str) else str(int(str(value)))
-            where = where.replace("?", text, 1)
-        params = ()
-    return f"SELECT {', '.join(exprs)} FROM {job.table} WHERE {where} ORDER BY exchange_timestamp, sequence", params
+def _hour_sql(job: ArchiveRound, columns: Sequence[tuple[str, str]], symbol: str,
+              hour: int) -> tuple[str, tuple[object, ...]]:
+    """The query of the rows of (symbol, hour) this round covers and the old pair did not, in file order."""
+    return (f"SELECT {', '.join(name for name, _ in columns)} FROM {job.table} WHERE symbol = ? AND "
+            "exchange_timestamp >= ? AND exchange_timestamp < ? AND rowid <= ? AND (exchange_timestamp >= ? OR "
+            "rowid > ?) ORDER BY exchange_timestamp, sequence",
+            (symbol, hour, min(hour + HOUR_MS, job.cut_ms), job.max_id, job.old_cut_ms, job.old_max_id))
 
 
 def read_hour_sqlite3(job: ArchiveRound, columns: Sequence[tuple[str, str]], symbol: str, hour: int,
@@ -126,7 +110,7 @@ def read_hour_sqlite3(job: ArchiveRound, columns: Sequence[tuple[str, str]], sym
     every value becomes a Python object on its way to Arrow)."""
     from l2rec.storage.archive import to_arrow
 
-    sql, params = _hour_sql(job, columns, symbol, hour, literal=False)
+    sql, params = _hour_sql(job, columns, symbol, hour)
     with contextlib.closing(sqlite3.connect(job.db_path, timeout=busy_timeout_s)) as conn:
         cur = conn.execute(sql, params)
 
@@ -137,33 +121,14 @@ def read_hour_sqlite3(job: ArchiveRound, columns: Sequence[tuple[str, str]], sym
         return to_arrow(columns, batches())
 
 
-def read_hour_native(job: ArchiveRound, columns: Sequence[tuple[str, str]], symbol: str, hour: int) -> Any | None:
-    """The same table through connectorx (native code, ~10 us a row); None without connectorx or when it
-    cannot type a column (a cast column all NULL).
-
-    connectorx links its own SQLite. Two SQLite libraries with the same file open in one process break
-    each other's POSIX locks (closing one's descriptor drops the other's locks: sqlite.org/howtocorrupt.html
-    2.2.1), so this runs only in the archive process, and never while a sqlite3 connection is open there
-    (run_round closes its own before the first read)."""
-    from l2rec.storage.archive import to_arrow
-
-    try:
-        import connectorx
-    except ImportError:
-        return None
-    sql, _ = _hour_sql(job, columns, symbol, hour, literal=True)
-    try:
-        table = connectorx.read_sql(f"sqlite://{Path(job.db_path).resolve()}", sql, return_type="arrow")
-        return table.cast(to_arrow(columns, []).schema)
-    except (RuntimeError, ValueError, TypeError):
-        return None
-
-
-def run_round(job: ArchiveRound, busy_timeout_s: float = 5.0, *, native: bool = False) -> RoundDone:
+def run_round(job: ArchiveRound, busy_timeout_s: float = 5.0) -> RoundDone:
     """Write one round's files durably (``l2rec.storage.archive.write_file``); raises ArchiveError naming
     the path that failed (the files written before it stay: the retried round merges them again).
-    ``native``: read through connectorx when it is installed (only in a process of its own: see
-    :func:`read_hour_native`)."""
+
+    Read through Python's sqlite3, not connectorx, though connectorx reads SQLite into Arrow at 40 % of the
+    CPU: it links its own SQLite, and two SQLite libraries with one file open in one process break each
+    other's POSIX locks (sqlite.org/howtocorrupt.html 2.2.1; a test saw "disk I/O error" after it), and it
+    left ~3 threads behind per query (184 after 60 reads; 575 in the archive process of a live run)."""
     from l2rec.storage.archive import ArchiveError, write_file
 
     t0 = time.perf_counter()
@@ -177,9 +142,7 @@ def run_round(job: ArchiveRound, busy_timeout_s: float = 5.0, *, native: bool = 
     for symbol, hour in groups:
         final = archive_path(job.archive_dir, job.table, symbol, hour)
         try:
-            table = read_hour_native(job, columns, symbol, hour) if native else None
-            if table is None:
-                table = read_hour_sqlite3(job, columns, symbol, hour, busy_timeout_s)
+            table = read_hour_sqlite3(job, columns, symbol, hour, busy_timeout_s)
         except (ImportError, sqlite3.Error) as exc:
             raise ArchiveError(final, exc) from exc
         parts = parts_of(final)
@@ -198,11 +161,6 @@ def run_round(job: ArchiveRound, busy_timeout_s: float = 5.0, *, native: bool = 
         w = write_file(target, table, job.key, consume=consume)
         written.append(HourWritten(symbol, hour, str(target), not closed, table.num_rows, w.rows_in_file, w.bytes))
     return RoundDone(job, tuple(written), time.perf_counter() - t0)
-
-
-def run_round_native(job: ArchiveRound) -> RoundDone:
-    """:func:`run_round` as the archive process runs it (connectorx when installed)."""
-    return run_round(job, native=True)
 
 
 def _older_than(table: Any, cut_ms: int) -> bool:

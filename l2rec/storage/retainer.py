@@ -22,7 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
 from l2rec.runtime.logs import RateLimited
-from l2rec.storage.archive_jobs import ArchiveRound, RoundDone, dirty_closed, oldest_hour, run_round, run_round_native
+from l2rec.storage.archive_jobs import ArchiveRound, RoundDone, dirty_closed, oldest_hour, run_round
 from l2rec.storage.retention import (
     DELETE_CHUNK_ROWS,
     HOUR_MS,
@@ -365,7 +365,7 @@ class Retainer:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_archive_process_init, initargs=(os.getpid(),))
-        self._future = self._executor.submit(run_round_native, job)
+        self._future = self._executor.submit(run_round, job)
         return False
 
     def _next_round(self, now_ns: int, final: bool) -> ArchiveRound | None:
