@@ -84,6 +84,10 @@ HEAD_WINDOW_ROWS = 20_000
 # The archive process runs below the recorder's priority: it has minutes of slack (the retention), the
 # shards and the writer have a latency target.
 ARCHIVE_NICE = 10
+# Archive rounds start at most this often (unless catching up, or at close), however short the cleanup
+# interval: each round writes a part file per symbol of an open hour (500 files and their fsyncs at 500
+# symbols), and with retention shorter than an hour the database holds the retention plus one interval.
+ARCHIVE_ROUND_MIN_S = 60.0
 _TS = ROW_COLUMNS.index("exchange_timestamp")
 
 
@@ -109,11 +113,12 @@ class Retainer:
     symbol for rows recorded late; then ``l2_gaps`` and ``l2_sessions`` rows that ended before the horizon;
     then returns free pages to the file system (``incremental_vacuum``); each in transactions of a few
     thousand rows, for at most CLEANUP_BUDGET_S per step.
-    Archive: every ``cleanup_interval_s`` a round (``l2rec.storage.archive_jobs``) runs in a separate
-    process (reading rows back and writing Parquet cost ~20 us a row, which must not hold the writer's
-    GIL); the writer only plans the round and records it once its files are durable. A failed round is
-    logged with its path and retried after the interval with the same bounds; the rows stay in SQLite
-    meanwhile. At close the rounds run in the writer itself, until the archive has caught up.
+    Archive: every ``cleanup_interval_s`` (at least ARCHIVE_ROUND_MIN_S apart) a round
+    (``l2rec.storage.archive_jobs``) runs in a separate process (reading rows back and writing Parquet cost
+    ~45 us a row, which must not hold the writer's GIL); the writer only plans the round and records it
+    once its files are durable. A failed round is logged with its path and retried after the interval
+    with the same bounds; the rows stay in SQLite meanwhile. At close the rounds run in the writer
+    itself, until the archive has caught up.
     """
 
     def __init__(self, store: Store, retention_hours: float, interval_s: float, archive_dir: str | None,
@@ -383,8 +388,9 @@ class Retainer:
             cut, max_id = self._pending
         else:
             catching_up = target - archived.cut_ms > HOUR_MS
+            every_s = max(self.interval_s, ARCHIVE_ROUND_MIN_S)
             if not (final or catching_up or self._last_round_ns is None
-                    or now_ns - self._last_round_ns >= self.interval_s * 1e9):
+                    or now_ns - self._last_round_ns >= every_s * 1e9):
                 return None
             row = self.conn.execute(f"SELECT max(rowid) FROM {self.table}").fetchone()
             # Every row up to this id is committed and seen: rows committed later have larger ids.
