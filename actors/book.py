@@ -30,6 +30,7 @@ from l2rec.messages.writer import GapRecord, SessionRecord
 from l2rec.runtime.config import RecorderConfig
 from l2rec.runtime.faults import Faults
 from l2rec.runtime.logs import RateLimited
+from l2rec.runtime.publish import RowPublisher, UpdateLog
 from l2rec.storage.link import WriterLink
 from l2rec.storage.sink import LastRow
 from l2rec.supervision.states import ActorState
@@ -59,6 +60,7 @@ class BookActor(RecorderActor):
         restarted_topics: tuple[str, ...] = (),
         resume: tuple[LastRow, ...] = (),
         close_session: SessionRecord | None = None,
+        publisher: RowPublisher | None = None,
     ) -> None:
         super().__init__(reporter, faults)
         self.cfg = cfg
@@ -97,6 +99,9 @@ class BookActor(RecorderActor):
         self.topic_seen_ns: dict[str, int] = {}
         self.silence_ns = int(cfg.topic_silence_s * 1e9)
         self.silent_resubscribes = 0
+        # rows to an embedding host's update callback (only while it has one), and the seed's log_updates
+        self.publisher = publisher
+        self.update_log = UpdateLog(log) if cfg.log_updates else None
 
     @handles(ParsedBatch, fault_point=True)
     def _on_batch(self, batch: ParsedBatch) -> None:
@@ -136,6 +141,8 @@ class BookActor(RecorderActor):
         now_ns = tick.now_ns
         if (self.rows and time.monotonic() - self.batch_started >= self.max_age_s) or self.gaps or self.sessions:
             self._flush()
+        if self.publisher is not None:
+            self.publisher.flush_due(time.monotonic())
         if self.backpressured and self.link.rows_held <= self.link.capacity_rows // 2:
             self._recover_from_backpressure()
         if self.pending_resync and not self.backpressured:
@@ -163,14 +170,25 @@ class BookActor(RecorderActor):
         keeper = self.keeper
         rows = self.rows
         was_empty = not rows
+        made_from = len(rows)
         on_update = keeper.on_update
+        pub = self.publisher if self.publisher is not None and self.publisher.enabled else None
+        deep = pub if pub is not None and pub.deep else None
         for item in batch.items:
             if item.__class__ is BookUpdate:
                 row = on_update(item)
                 if row is not None:
                     rows.append(row)
+                    if deep is not None:
+                        # levels beyond the row's 10, as the book stands now (the next frame changes it)
+                        deep.add_levels(keeper.topics[item.topic].book)
             else:
                 keeper.on_reject(item)  # type: ignore[arg-type]  # not a BookUpdate, so a RejectedFrame
+        if len(rows) > made_from:
+            if pub is not None:
+                pub.add(rows[made_from:], time.monotonic())
+            if self.update_log is not None:
+                self.update_log.rows(rows[made_from:])
         if keeper.gap_events or keeper.resync_requests or keeper.resets:
             self._collect_events()
         if was_empty and rows:
@@ -256,11 +274,14 @@ class BookActor(RecorderActor):
                 "topics": self.keeper.snapshot_stats(),
                 "rows_sent": self.rows_sent, "rows_shed": self.rows_shed, "batches_sent": self.batches_sent,
                 "rows_buffered": len(self.rows), "silent_resubscribes": self.silent_resubscribes,
+                **({"published": self.publisher.status()} if self.publisher is not None else {}),
                 "writer_link": {"depth_rows": link.rows_held, "capacity_rows": link.capacity_rows,
                                 "depth_batches": link.depth(), "acked": link.acked,
                                 "reconnects": link.reconnects, "resent": link.resent}}
 
     def on_stop(self) -> None:
+        if self.publisher is not None:
+            self.publisher.flush()
         if self.rows or self.gaps or self.sessions:
             # Stopping: wait for room rather than shed (the link's close has its own deadline).
             self.link.put(tuple(self.rows), tuple(self.gaps), self.shard_id, tuple(self.sessions))

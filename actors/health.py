@@ -11,7 +11,7 @@ import orjson
 import psutil
 
 from l2rec.actors.base import RecorderActor, handles
-from l2rec.messages.health import ChildInfo, DumpHealth, Status, SupervisorState, TotalsRequest
+from l2rec.messages.health import ChildInfo, DumpHealth, HealthRequest, Status, SupervisorState, TotalsRequest
 from l2rec.runtime.summary import RunTotals, add_topic_counters, run_totals
 from l2rec.supervision.states import Role
 
@@ -22,6 +22,9 @@ class HealthActor(RecorderActor):
     """Runs in the root: keeps the latest status of every actor and writes the dump on request."""
 
     name = "health"
+    # A daemon thread: in a host process that embeds the recorder and exits without stopping it, the
+    # interpreter would otherwise wait for this thread before running the atexit hook that stops it.
+    use_daemon_thread = True
 
     def __init__(self, started_ns: int) -> None:
         super().__init__()
@@ -49,6 +52,10 @@ class HealthActor(RecorderActor):
     def totals(self) -> RunTotals:
         """The run's figures: the last report of every earlier incarnation and of the current ones."""
         return run_totals((st for _, st in self.retired), self.latest.values())
+
+    @handles(HealthRequest)
+    def _on_health_request(self, _message: HealthRequest) -> dict[str, object]:
+        return self.build()
 
     @handles(ChildInfo)
     def _on_child(self, message: ChildInfo) -> None:

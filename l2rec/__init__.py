@@ -13,3 +13,21 @@ Rooms by role (each a subpackage):
 
 The logic modules know nothing of pykka and are tested without threads.
 """
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from l2rec.embed import DataIngestor, DataIngestorConfig, L2Update, create_data_ingestor
+
+# The embedding API (README "Embed it in a bot"), imported on first use: every process of the recorder
+# imports this package, and none of them needs it.
+__all__ = ["DataIngestor", "DataIngestorConfig", "L2Update", "create_data_ingestor"]
+_EMBED = frozenset(__all__)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EMBED:
+        import l2rec.embed
+
+        return getattr(l2rec.embed, name)
+    raise AttributeError(f"module 'l2rec' has no attribute {name!r}")

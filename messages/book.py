@@ -44,3 +44,17 @@ class ParsedBatch:
 
     session_id: int
     items: tuple[BookUpdate | RejectedFrame, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RowsPublished:
+    """Shard -> root (up the uplink), only while an embedding host has an update callback: the rows the
+    book actor made since its last publication, in the order made (so in order per topic).
+
+    ``levels`` is set when the host wants more levels a side than a row holds (10): per row, the book's
+    best (bids, asks) at the moment the row was made. ``sent_ns``: when the batch left the shard."""
+
+    shard_id: int
+    rows: tuple[tuple[object, ...], ...]
+    levels: tuple[tuple[tuple[Level, ...], tuple[Level, ...]], ...] | None
+    sent_ns: int

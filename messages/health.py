@@ -47,3 +47,8 @@ class SupervisorState:
 @dataclass(frozen=True, slots=True)
 class TotalsRequest:
     """Root -> HealthActor (ask, at exit): the run's figures over every incarnation (a RunTotals)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRequest:
+    """Root -> HealthActor (ask): the health dump as a dict, without writing it (the embedding API's stats)."""

@@ -128,7 +128,12 @@ class ShardChild(Child):
     topics: tuple[str, ...] = ()
     writer_address: str = ""
     synced: bool = False  # every book of the shard in sync, by its book actor's last report
+    subscribed: bool = False  # connected, and every topic in sync or refused (an embedding host's start())
     retry_after: Synchronized[float] | None = None
+    publish: Synchronized[int] | None = None  # an embedding host's "send me the rows" switch (root-wide)
+    refused: frozenset[str] = frozenset()  # topics Bybit refused, by the connection's last report
+    connected: bool = False  # by the connection's last report
+    not_synced: frozenset[str] = frozenset()  # topics not in sync, by the book actor's last report
     # The websocket session the last incarnation had open (its connection's last report), and how that
     # incarnation ended: the next one closes the session in l2_sessions, which the dead one could not.
     open_session: SessionRecord | None = None
@@ -147,11 +152,14 @@ class ShardChild(Child):
         self.open_session = self.ended = None
         spec = ShardSpec(self.cfg, self.shard_id, self.topics, self.writer_address, self.policy.restarts,
                          (self.shard_id, self.shard_count), resume, closing)
-        return run_shard, (spec, ctl, uplink, self.retry_after)
+        return run_shard, (spec, ctl, uplink, self.retry_after, self.publish)
 
     def reset(self) -> None:
         super().reset()
         self.synced = False
+        self.subscribed = False
+        self.connected = False
+        self.not_synced = frozenset(self.topics)
 
     def on_status(self, msg: Status, now: float) -> None:
         super().on_status(msg, now)
@@ -163,10 +171,17 @@ class ShardChild(Child):
                     topics, int) else len(self.topics), connected_ns, None, None, None)
             else:
                 self.open_session = None
+            self.connected = bool(s.get("connected"))
+            refused = s.get("topics_refused")
+            self.refused = frozenset(refused) if isinstance(refused, list) else frozenset()
         elif msg.actor == "features":
             topics = msg.stats.get("topics")
             self.synced = isinstance(topics, dict) and len(topics) >= len(self.topics) and all(
                 t.get("synced") for t in topics.values())
+            self.not_synced = frozenset(name for name, t in topics.items() if not t.get("synced")) if isinstance(
+                topics, dict) and len(topics) >= len(self.topics) else frozenset(self.topics)
+        # Subscribed: connected, and every topic has had its snapshot or was refused (it never will have one).
+        self.subscribed = self.connected and self.not_synced <= self.refused
 
     def healthy(self, now: float, timeout_s: float) -> bool:
         return self.heard_from_all(now, timeout_s) and self.synced

@@ -5,27 +5,33 @@ and stops everything in order (shards first: they drain and flush; the writer la
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
+from multiprocessing.sharedctypes import Synchronized
 from types import FrameType
-from typing import cast
+from typing import Any, Protocol, cast
 
 import pykka
 
 from l2rec.actors.health import HealthActor
-from l2rec.messages.health import ChildInfo, DumpHealth, Status, SupervisorState, TotalsRequest
+from l2rec.messages.book import RowsPublished
+from l2rec.messages.health import ChildInfo, DumpHealth, HealthRequest, Status, SupervisorState, TotalsRequest
 from l2rec.processes.child import EXIT_RATE_LIMITED, print_stacks
 from l2rec.processes.children import Child, ShardChild, WriterChild
 from l2rec.runtime.config import EX_CONFIG, RecorderConfig
-from l2rec.runtime.logs import RootLogging
+from l2rec.runtime.logs import HostLogging, RootLogging
 from l2rec.runtime.summary import RunTotals
+from l2rec.storage.dburl import redact_url
 from l2rec.supervision.policy import ChildPolicy
 from l2rec.supervision.states import Action, RestartType
 
@@ -37,14 +43,87 @@ EXIT_INTERRUPTED = 130
 EXIT_ESCALATED = 75
 EX_DATAERR = 65  # a replay file with no usable frame
 
+_SPAWN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def host_main_not_rerun() -> Iterator[None]:
+    """While a child is spawned from an embedding host: the child does not run the host's ``__main__``.
+
+    A spawned child runs the parent's main script again (as ``__mp_main__``) before its target, unless
+    ``__main__.__spec__`` names a package's ``__main__`` module, which it leaves alone. The children's
+    targets live in ``l2rec``, so nothing of the host's script is needed there; running it again would
+    start a second ingestor in each child of a script without an ``if __name__ == "__main__"`` guard, and
+    import whatever the bot imports (a model, a GPU library) in every child."""
+    main = sys.modules.get("__main__")
+    with _SPAWN_LOCK:
+        if main is None:
+            yield
+            return
+        had_spec = "__spec__" in vars(main)
+        saved = vars(main).get("__spec__")
+        main.__spec__ = importlib.machinery.ModuleSpec("l2rec.__main__", None)
+        try:
+            yield
+        finally:
+            if had_spec:
+                main.__spec__ = saved
+            else:
+                with contextlib.suppress(AttributeError):
+                    del main.__spec__
+
+
+class RootObserver(Protocol):
+    """What an embedding host (``l2rec.embed``) hears from the root, besides the logs' own route. The
+    methods run on the root's threads and must return quickly."""
+
+    def rows(self, batch: RowsPublished) -> None:
+        """Rows a shard made (only while the publish switch is on), in order per shard."""
+
+    def record(self, record: logging.LogRecord) -> None:
+        """A child process's log record (after it went to the host's logging)."""
+
+    def child_exited(self, name: str, exitcode: int | None, action: str, error: str | None) -> None:
+        """A child process ended; ``action`` is the supervisor's decision (restart, escalate, none)."""
+
+    def changed(self) -> None:
+        """Something ``Root.ready`` or ``Root.exit_code`` reads may have changed."""
+
+
+class NullObserver:
+    """The CLI's observer: hears nothing."""
+
+    def rows(self, batch: RowsPublished) -> None:
+        pass
+
+    def record(self, record: logging.LogRecord) -> None:
+        pass
+
+    def child_exited(self, name: str, exitcode: int | None, action: str, error: str | None) -> None:
+        pass
+
+    def changed(self) -> None:
+        pass
+
 
 class Root:
     """The root supervisor: ordered start (writer, then shards), restarts under each child's policy,
-    hang detection by heartbeats, ordered stop (shards, then the writer)."""
+    hang detection by heartbeats, ordered stop (shards, then the writer).
 
-    def __init__(self, cfg: RecorderConfig) -> None:
+    ``embedded``: run inside a host process (``l2rec.embed``), in a thread of its own: no signal handlers
+    (the host's stay as they are), logs go to the host's logging configuration, and ``observer`` hears
+    rows, child records and child exits. ``run()`` is the same otherwise."""
+
+    def __init__(self, cfg: RecorderConfig, *, embedded: bool = False, observer: RootObserver | None = None) -> None:
         self.cfg = cfg
+        self.embedded = embedded
+        self.observer: RootObserver = observer if observer is not None else NullObserver()
         self.ctx = multiprocessing.get_context("spawn")
+        # An embedding host's "send me the rows" switch, read by every shard's book actor (shared memory).
+        self.publish: Synchronized[int] | None = self.ctx.Value("b", 0, lock=False) if embedded else None
+        self.final_health: dict[str, Any] | None = None  # the last health dump, kept after the run ended
+        self.exit_code: int | None = None  # set when run() returned
+        self.final_totals: RunTotals | None = None  # the run's figures, kept after the run ended
         self.stop_requested = threading.Event()
         self.interrupts = 0
         self.stop_signal: int | None = None  # the first SIGINT/SIGTERM: a replay it stopped did not finish
@@ -70,6 +149,29 @@ class Root:
                        shard_id=i, shard_count=len(groups), topics=topics, writer_address=self.writer_address)
             for i, topics in enumerate(groups)
         ]
+        for shard in self.shards:
+            shard.publish = self.publish
+
+    def ready(self) -> bool:
+        """Running: the writer is up and every shard connected and has every topic in sync (or refused)."""
+        return (self.writer.ready.is_set() and self.writer.running
+                and all(s.running and s.subscribed for s in self.shards))
+
+    def request_stop(self) -> None:
+        """The same ordered stop as SIGTERM, from any thread."""
+        self.stop_requested.set()
+
+    def snapshot(self, timeout_s: float = 5.0) -> tuple[dict[str, Any], RunTotals | None]:
+        """The health dump (as a dict) and the run's totals, from any thread: live while the run goes on,
+        the final ones once it ended ({} and None before it started)."""
+        health = getattr(self, "health", None)
+        if health is not None and self.exit_code is None:
+            try:
+                return (cast(dict[str, Any], health.ask(HealthRequest(), timeout=timeout_s)),
+                        cast(RunTotals, health.ask(TotalsRequest(), timeout=timeout_s)))
+            except (pykka.ActorDeadError, pykka.Timeout):
+                pass  # stopping right now: the final figures follow
+        return self.final_health or {}, self.final_totals
 
     # -- signals (handlers only set flags; the main loop acts) ----------------------------------------
 
@@ -110,8 +212,12 @@ class Root:
 
     def run(self) -> int:
         cfg = self.cfg
-        self.logs = RootLogging(cfg.log_level, cfg.log_file)
-        self._install_signals()
+        self.logs: RootLogging | HostLogging
+        if self.embedded:
+            self.logs = HostLogging(self.observer.record)
+        else:
+            self.logs = RootLogging(cfg.log_level, cfg.log_file)
+            self._install_signals()
         self.health = HealthActor.start(self.started_ns)
         pump_stop = threading.Event()
         pump = threading.Thread(target=self._pump_uplinks, args=(pump_stop,), name="uplink-pump", daemon=True)
@@ -124,9 +230,13 @@ class Root:
             exit_code = self._summarise(exit_code)
             pump_stop.set()
             pump.join(timeout=2.0)
-            pykka.ActorRegistry.stop_all(block=True, timeout=5.0)
+            # this root's actor only: a host may run other roots (and actors of its own) beside it
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.health.stop(block=True, timeout=5.0)
             self.logs.stop()
             shutil.rmtree(self.rundir, ignore_errors=True)
+            self.exit_code = exit_code
+            self.observer.changed()
         return exit_code
 
     def _summarise(self, exit_code: int) -> int:
@@ -137,6 +247,7 @@ class Root:
             totals = cast(RunTotals, self.health.ask(TotalsRequest(), timeout=5.0))
         except Exception:  # the health actor is gone: nothing to add up, say nothing false
             return exit_code
+        self.final_totals = totals
         failed = totals.not_stored
         if self.cfg.replay is not None and exit_code == EXIT_OK:
             if self.stop_signal is not None:
@@ -168,6 +279,8 @@ class Root:
             time.sleep(0.02)
         with contextlib.suppress(Exception):
             self.health.ask(DumpHealth(self.cfg.health_file, "exit"), timeout=5.0)
+        with contextlib.suppress(Exception):
+            self.final_health = cast(dict[str, Any], self.health.ask(HealthRequest(), timeout=5.0))
 
     def _start(self, child: Child) -> None:
         ctl_child, ctl_root = self.ctx.Pipe(duplex=False)
@@ -175,7 +288,11 @@ class Root:
         child.reset()
         target, args = child.process_args(self.ctx, ctl_child, up_child)
         proc = self.ctx.Process(target=target, name=child.name, args=args)
-        proc.start()
+        if self.embedded:
+            with host_main_not_rerun():
+                proc.start()
+        else:
+            proc.start()
         ctl_child.close()
         up_child.close()
         child.proc = proc
@@ -203,14 +320,18 @@ class Root:
                     with self.uplinks_lock:
                         self.uplinks.pop(conn, None)
                     continue
-                if isinstance(msg, logging.LogRecord):
+                if isinstance(msg, RowsPublished):
+                    self.observer.rows(msg)
+                elif isinstance(msg, logging.LogRecord):
                     self.logs.handle(msg)
                 elif isinstance(msg, Status):
                     child.on_status(msg, time.monotonic())
                     with contextlib.suppress(pykka.ActorDeadError):
                         self.health.tell(msg)
+                    self.observer.changed()
                 elif msg == "ready":
                     child.ready.set()
+                    self.observer.changed()
 
     def _supervise(self) -> int:
         cfg = self.cfg
@@ -220,8 +341,13 @@ class Root:
         depth = cfg.orderbook_depth if not replay or cfg.replay_filter_depth else "all in the file"
         log.info("starting", extra={"fields": {
             "pid": os.getpid(), "mode": "replay" if replay else "live", "source": cfg.replay or cfg.url,
-            "symbols": symbols, "depth": depth, "category": cfg.category, "db": cfg.db_path, "table": cfg.table_name,
+            "symbols": symbols, "depth": depth, "category": cfg.category, "db": redact_url(cfg.db_path),
+            "table": cfg.table_name,
             "shards": len(self.shards)}})
+        if cfg.depth_requested is not None and not replay:
+            log.info(f"orderbook_depth {cfg.depth_requested} is not a depth Bybit serves; subscribing "
+                     f"orderbook.{cfg.orderbook_depth} (the smallest that holds it)", extra={"fields": {
+                         "levels_wanted": cfg.depth_requested, "depth": cfg.orderbook_depth}})
         self._start(self.writer)
         while not self.writer.ready.wait(0.05):
             if not self.writer.running:
@@ -319,6 +445,7 @@ class Root:
                 why = "hung" if child.hang_reason else "killed" if code == -signal.SIGKILL else f"exit code {code}"
                 child.ended = (why, time.time_ns())
             decision = child.policy.on_exit(now, abnormal=code != 0, error=error, retry_after_s=retry_after)
+            self.observer.child_exited(child.name, code, str(decision.action), error)
             fields = {"child": child.name, "exitcode": code, "action": decision.action,
                       "attempt": decision.attempt, "delay_s": round(decision.delay_s, 3),
                       "breaker": decision.breaker, "reason": decision.reason, "error": error}

@@ -27,6 +27,7 @@ from l2rec.messages.control import Begin, StopReason
 from l2rec.messages.health import Status
 from l2rec.processes.child import EXIT_FAILED, EXIT_OK, EXIT_RATE_LIMITED, child_setup, run_ticker, stop_requested
 from l2rec.runtime.faults import Faults
+from l2rec.runtime.publish import RowPublisher
 from l2rec.storage.link import WriterLink
 from l2rec.storage.sidecar import lost_gaps, write_sidecar
 from l2rec.supervision.specs import ShardSpec
@@ -72,8 +73,11 @@ def stop_in_order(actors: Sequence[pykka.ActorRef[pykka.ThreadingActor]], names:
     return problems
 
 
-def run_shard(spec: ShardSpec, ctl: Connection, uplink_conn: Connection, retry_after: Synchronized[float]) -> None:
-    """Shard process entry point. ``retry_after`` is set (seconds) when the exchange rate-limited us."""
+def run_shard(spec: ShardSpec, ctl: Connection, uplink_conn: Connection, retry_after: Synchronized[float],
+              publish: Synchronized[int] | None = None) -> None:
+    """Shard process entry point. ``retry_after`` is set (seconds) when the exchange rate-limited us.
+    ``publish`` (an embedding host's switch, None for the CLI): while non-zero, the rows made go up the
+    uplink too (``l2rec.runtime.publish``)."""
     cfg, shard_id, topics = spec.cfg, spec.shard_id, spec.topics
     uplink = child_setup(uplink_conn, cfg.log_level, f"shard-{shard_id}")
     faults = Faults.from_env()
@@ -109,7 +113,8 @@ def run_shard(spec: ShardSpec, ctl: Connection, uplink_conn: Connection, retry_a
         cfg, shard_id, link, connection=None if replay else source, credits=credits,
         end_of_stream=end_of_stream, reporter=reporter("features"), faults=faults,
         topics=() if replay else topics, restarted_topics=topics if spec.incarnation > 0 and not replay else (),
-        resume=spec.resume, close_session=spec.close_session)
+        resume=spec.resume, close_session=spec.close_session,
+        publisher=None if publish is None else RowPublisher(uplink, publish, shard_id, cfg.levels_wanted))
     parser = ParserActor.start(
         books, None if replay else source,
         topics=None if replay else frozenset(topics),

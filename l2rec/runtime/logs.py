@@ -10,6 +10,7 @@ import logging
 import logging.handlers
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -104,6 +105,30 @@ class RootLogging:
             h.flush()
         if self.file_handler is not None:
             self.file_handler.close()
+
+
+class HostLogging:
+    """The log sink of a root embedded in a host process (``l2rec.embed``): a child's record goes to the
+    host's own logging configuration under its logger's name (``actors.*``, ``recorder.*``), as if it had
+    been logged in the host; nothing of the host's configuration is replaced. ``on_record`` also sees
+    every child record (the embedding API turns some into error callbacks)."""
+
+    def __init__(self, on_record: Callable[[logging.LogRecord], None] | None = None) -> None:
+        self.on_record = on_record
+
+    def handle(self, record: logging.LogRecord) -> None:
+        """Hand a child's record to the host's logger of the same name (if it is enabled for the level)."""
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def reopen(self) -> None:
+        """The host owns its files: nothing to reopen."""
+
+    def stop(self) -> None:
+        """The host's handlers stay the host's."""
 
 
 def child_logging(uplink: Any, level: str, role: str) -> None:
