@@ -130,9 +130,11 @@ class WriterActor(RecorderActor):
         self.last_error = str(exc)
         delay = self.backoff.delay(self.failures)
         full = "full" in str(exc).lower()
-        ok, suppressed = self.rate.allow("full" if full else "locked")
+        # a sink may say how grave it is (a PostgreSQL server gone: ERROR); SQLite's lock is a WARNING
+        level = getattr(exc, "log_level", logging.CRITICAL if full else logging.WARNING)
+        ok, suppressed = self.rate.allow(f"retry:{level}")
         if ok:
-            log.log(logging.CRITICAL if full else logging.WARNING,
+            log.log(level,
                     "database write failed; batch kept and retried", extra={"fields": {
                         "error": str(exc), "attempt": self.failures, "delay_s": round(delay, 3),
                         "backlog_batches": len(self.backlog), "suppressed_since_last": suppressed}})

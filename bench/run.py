@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:
 from bench import make_stream  # noqa: E402
 from l2rec.storage.schema import ROW_COLUMNS  # noqa: E402
 from tests.helpers import GAPS_TABLE, TABLE, clean_env, count_rows, supervisor_cmd  # noqa: E402
+from tests.pg_server import server_cpu_s  # noqa: E402
 
 POLL_S = 0.05
 TARGET_FPS = 150_000
@@ -568,6 +569,7 @@ class LiveSample:
     fake_loop_cpu_s: float = 0.0  # the fake's event-loop thread (all of its sending)
     fake_buffered: int = 0  # bytes written by the fake but still in its transports' buffers
     bench_cpu_s: float = 0.0  # this process (latency probe, psutil watcher, health dumps), user + system
+    server_cpu_s: float = 0.0  # a local PostgreSQL server the recorder writes into (bench/postgres.py)
     # From the shards' books (health dump): frames that will never be rows -- shed under backpressure, or
     # received while their topic was out of sync (in_gap), or that opened a gap, or stale/rejected.
     lost: int | None = None
@@ -619,6 +621,65 @@ class LatencyProbe:
                 self.lat_ms.extend((t, (now_ns - r[1]) / 1e6) for r in rows if r[1] is not None)
         if conn is not None:
             conn.close()
+
+
+class PgLatencyProbe(LatencyProbe):
+    """The same probe on a PostgreSQL table (bench/postgres.py): rows with ``id`` above the last seen (one
+    writer, no conflicts live: ids follow the commits). Its backend runs on the server, so its CPU is
+    taken out of the server's figure (``backend_cpu_s``)."""
+
+    def __init__(self, url: str, interval: float = 0.02) -> None:
+        super().__init__(Path(), interval)
+        self.url = url
+        self.backend_pid: int | None = None
+
+    def backend_cpu_s(self) -> float:
+        if self.backend_pid is None:
+            return 0.0
+        try:
+            t = psutil.Process(self.backend_pid).cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
+    def _run(self) -> None:
+        import psycopg
+
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.wait(self.interval):
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.url, autocommit=True)
+                    # a table that was never analysed looks empty to the planner, which then scans and sorts
+                    # all of it every 20 ms (measured: more server CPU than the recorder's inserts)
+                    conn.execute("SET enable_seqscan = off")
+                    self.backend_pid = int(conn.execute("SELECT pg_backend_pid()").fetchall()[0][0])
+                rows = conn.execute(f"SELECT id, recv_time_ns FROM {TABLE} WHERE id > %s ORDER BY id",
+                                    (self.last_rowid,)).fetchall()
+                now_ns = time.time_ns()
+            except psycopg.Error:
+                if conn is not None and conn.broken:
+                    conn.close()
+                    conn = None
+                continue
+            if rows:
+                self.last_rowid = rows[-1][0]
+                t = now_ns / 1e9
+                self.lat_ms.extend((t, (now_ns - r[1]) / 1e6) for r in rows if r[1] is not None)
+        if conn is not None:
+            conn.close()
+
+
+def _pg_counts(url: str) -> tuple[int, int]:
+    """(rows, gap records) in a PostgreSQL database; -1 for what cannot be read."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url) as conn:
+            rows, gaps = (conn.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in (TABLE, GAPS_TABLE))
+            return int(rows), int(gaps)
+    except psycopg.Error:
+        return -1, -1
 
 
 def _slope(points: list[tuple[float, float]]) -> float:
@@ -689,6 +750,8 @@ def live_part(args: argparse.Namespace) -> None:
     specs = {s: (mid, tick) for s, mid, tick, _ in specs_l if mid / tick >= 10_000}
     work = Path(tempfile.mkdtemp(prefix="l2rec-live-"))
     db, health = work / "live.db", work / "health.json"
+    pg_url: str | None = getattr(args, "pg_url", None)  # bench/postgres.py: into PostgreSQL instead
+    pg_data: Path | None = getattr(args, "pg_data_dir", None)
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     print(f"\nlive: {n} symbols x orderbook.50 every 20 ms = {n * 50:,} frames/s offered, for {secs:.0f} s; "
@@ -714,12 +777,12 @@ def live_part(args: argparse.Namespace) -> None:
         extra_env["L2REC_CLEANUP_INTERVAL_S"] = "10"
     if args.live_archive:
         extra_env["L2REC_ARCHIVE_DIR"] = str(work / "archive")
-    proc = psutil.Popen(supervisor_cmd("--ws-url", url, "--symbols", ",".join(symbols), "--db", str(db),
+    proc = psutil.Popen(supervisor_cmd("--ws-url", url, "--symbols", ",".join(symbols), "--db", pg_url or str(db),
                                        "--health-file", str(health), "--log-level", "INFO"),
                         cwd=ROOT, env=clean_env(**extra_env), stdout=subprocess.DEVNULL, stderr=err)
     db_sizes: list[tuple[float, int]] = []  # (t, bytes of the database file)
     watcher = TreeWatcher(proc.pid, interval=1.0, pss=True).start()
-    probe = LatencyProbe(db).start()
+    probe = (PgLatencyProbe(pg_url) if pg_url else LatencyProbe(db)).start()
     profile = (LiveProfile(args.live_profile, n, max(15.0, secs / 2 - 10), min(20.0, secs / 3))
                if args.live_profile else None)
     samples: list[LiveSample] = []
@@ -742,7 +805,9 @@ def live_part(args: argparse.Namespace) -> None:
             time.sleep(0.15)  # let the root write the dump
             s = LiveSample(t_s, fstat["sent"], committed, {k: ProcStat(**vars(v)) for k, v in watcher.named().items()},
                            fake_cpu_s=fct.user + fct.system, fake_loop_cpu_s=fstat.get("loop_cpu_s", 0.0),
-                           fake_buffered=fstat.get("buffered_bytes", 0), bench_cpu_s=sum(os.times()[:2]))
+                           fake_buffered=fstat.get("buffered_bytes", 0), bench_cpu_s=sum(os.times()[:2]),
+                           server_cpu_s=server_cpu_s(pg_data) - (probe.backend_cpu_s()
+                                                                 if isinstance(probe, PgLatencyProbe) else 0.0))
             with contextlib.suppress(OSError, ValueError):
                 dump = json.loads(health.read_text())
                 watcher.names = {int(p["pid"]): name for name, p in dump.get("processes", {}).items() if "pid" in p}
@@ -795,7 +860,7 @@ def live_part(args: argparse.Namespace) -> None:
         err.close()
     if profile is not None:
         profile.finish()
-    rows_total, gaps = _counts(db)
+    rows_total, gaps = _pg_counts(pg_url) if pg_url else _counts(db)
     log_lines = (work / "stderr.txt").read_text(errors="replace").splitlines()
     started = [_log_time(ln) for ln in log_lines if "shard started" in ln]
     startup = max(t for t in started if t is not None) - t_exec if started and all(started) else None
@@ -877,6 +942,9 @@ def _print_live(args: argparse.Namespace, samples: list[LiveSample], probe: Late
         ["fake server CPU per frame sent: process / its event-loop thread, us",
          f"{(end.fake_cpu_s - first.fake_cpu_s) / frames_steady * 1e6:.1f} / "
          f"{(end.fake_loop_cpu_s - first.fake_loop_cpu_s) / frames_steady * 1e6:.1f}"],
+        *([["PostgreSQL server CPU, % of one core / us per frame sent (steady window)",
+             f"{(end.server_cpu_s - first.server_cpu_s) / span:.1%} / "
+             f"{(end.server_cpu_s - first.server_cpu_s) / frames_steady * 1e6:.1f}"]] if end.server_cpu_s else []),
         ["this bench process's CPU (DB latency probe, psutil), % of one core (steady window)",
          f"{(end.bench_cpu_s - first.bench_cpu_s) / span:.1%}"],
         ["fake's unsent write buffer (written, not yet taken by the kernel), KiB max / end",

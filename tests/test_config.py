@@ -71,7 +71,7 @@ def test_precedence_defaults_file_env_flags(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("layer", "key", "value", "fragment"), [
-    ("flags", "orderbook_depth", "500", "1, 50, 200, 1000"),
+    ("flags", "orderbook_depth", "2000", "1, 50, 200, 1000"),
     ("flags", "orderbook_depth", "abc", "whole number"),
     ("flags", "network", "demonet", "mainnet, testnet, demo"),
     ("flags", "ws_url", "http://x", "ws:// or wss://"),
@@ -104,12 +104,26 @@ def test_unknown_key_in_file_is_an_error(tmp_path: Path):
         load_toml(conf)
 
 
-def test_depth_500_is_refused_live_but_accepted_in_replay(tmp_path: Path):
-    with pytest.raises(ConfigError, match="orderbook_depth"):
-        build_config({}, {}, {"orderbook_depth": 500})
+def test_depth_is_the_levels_wanted_live_and_500_is_accepted_in_replay(tmp_path: Path):
+    # the seed's meaning: levels wanted; the smallest Bybit depth holding them is subscribed
+    for wanted, subscribed in ((1, 1), (5, 50), (10, 50), (50, 50), (51, 200), (500, 1000), (1000, 1000)):
+        cfg = build_config({}, {}, {"orderbook_depth": wanted})
+        assert (cfg.orderbook_depth, cfg.levels_wanted) == (subscribed, wanted)
+        assert cfg.depth_requested == (None if wanted == subscribed else wanted)
+        assert cfg.topics == (f"orderbook.{subscribed}.BTCUSDT",)
+    with pytest.raises(ConfigError, match=r"orderbook_depth' = 1001.*1, 50, 200, 1000"):
+        build_config({}, {}, {"orderbook_depth": 1001})
+    with pytest.raises(ConfigError, match="unknown key"):  # derived, not a key
+        load_toml_text(tmp_path, "depth_requested = 5\n")
     replay = DATA / "nautilus_trader__2024-12-01_XRPUSDT_ob500.data"
     cfg = build_config({}, {}, {"orderbook_depth": 500, "replay": str(replay)})
     assert cfg.replay_filter_depth and not cfg.replay_filter_symbols
+
+
+def load_toml_text(tmp_path: Path, text: str) -> dict[str, object]:
+    conf = tmp_path / "c.toml"
+    conf.write_text(text)
+    return load_toml(conf)
 
 
 def test_replay_filters_only_what_the_user_gave():
@@ -121,7 +135,7 @@ def test_replay_filters_only_what_the_user_gave():
 
 
 def test_cli_bad_value_exits_78_with_the_key(tmp_path: Path):
-    res = run_supervisor("--depth", "7", "--db", str(tmp_path / "x.db"), timeout=30)
+    res = run_supervisor("--depth", "2000", "--db", str(tmp_path / "x.db"), timeout=30)
     assert res.returncode == 78
     assert "orderbook_depth" in res.stderr and "1, 50, 200, 1000" in res.stderr
     assert not (tmp_path / "x.db").exists()

@@ -53,10 +53,10 @@ def test_console_script_and_module_entry_points(tmp_path: Path) -> None:
     helped = subprocess.run([sys.executable, "-m", "l2rec", "record", "--help"], capture_output=True, text=True,
                             timeout=60, cwd=tmp_path)
     assert helped.returncode == 0 and "--replay PATH" in helped.stdout and "--ws-url URL" in helped.stdout
-    bad = subprocess.run([str(script), "record", "--depth", "7", "--db", str(tmp_path / "x.db")],
+    bad = subprocess.run([str(script), "record", "--depth", "2000", "--db", str(tmp_path / "x.db")],
                          capture_output=True, text=True, timeout=60, env=clean_env())
     assert bad.returncode == 78
-    assert bad.stderr.startswith("l2rec record: config error: config key 'orderbook_depth' = 7")
+    assert bad.stderr.startswith("l2rec record: config error: config key 'orderbook_depth' = 2000")
 
 
 def test_l2rec_record_replays_like_supervisor_py(tmp_path: Path) -> None:

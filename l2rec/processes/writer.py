@@ -18,12 +18,13 @@ from l2rec.actors.writer import WriterActor
 from l2rec.messages.control import Tick
 from l2rec.messages.writer import WriteBatch, WriteGroup
 from l2rec.processes.child import EXIT_DB, EXIT_FAILED, EXIT_ROWS_FAILED, child_setup, stop_requested
-from l2rec.runtime.config import EX_CONFIG, RecorderConfig
+from l2rec.runtime.config import EX_CONFIG, ConfigError, RecorderConfig
 from l2rec.runtime.faults import Faults
 from l2rec.runtime.logs import RateLimited
+from l2rec.storage.dburl import redact_url
 from l2rec.storage.link_server import LinkServer, WriterGone
 from l2rec.storage.sidecar import read_sidecars
-from l2rec.storage.sink import Sink, open_error_is_transient, open_sink
+from l2rec.storage.sink import Sink, SinkUnavailable, open_error_is_transient, open_sink
 from l2rec.storage.sqlite import SchemaError
 from l2rec.supervision.backoff import Backoff
 from l2rec.supervision.specs import WriterSpec
@@ -46,15 +47,24 @@ def _open(cfg: RecorderConfig, ctl: Connection) -> Sink | None:
         except SchemaError as exc:  # the root's preflight checks this too; a table changed meanwhile
             log.critical("cannot use the table: %s", exc, extra={"fields": {"column": exc.column}})
             sys.exit(EX_CONFIG)
+        except ConfigError as exc:  # a PostgreSQL server that refuses the login (the URL without its password)
+            log.critical("cannot use the database: %s", exc, extra={"fields": {"key": exc.key}})
+            sys.exit(EX_CONFIG)
         except Exception as exc:
             if not open_error_is_transient(cfg, exc):
-                log.critical("cannot open the database", exc_info=True, extra={"fields": {"db_path": cfg.db_path}})
+                log.critical("cannot open the database", exc_info=True,
+                             extra={"fields": {"db_path": redact_url(cfg.db_path)}})
                 sys.exit(EXIT_DB)
             attempt += 1
             ok, suppressed = rate.allow("open")
             if ok:
-                log.warning("database busy at start; retrying", extra={"fields": {
-                    "error": str(exc), "attempt": attempt, "suppressed_since_last": suppressed}})
+                # a server that cannot be reached is an ERROR (it says why); a lock held by another process
+                # a WARNING
+                unavailable = isinstance(exc, SinkUnavailable)
+                log.log(exc.log_level if isinstance(exc, SinkUnavailable) else logging.WARNING,
+                        "database unreachable at start; retrying" if unavailable else
+                        "database busy at start; retrying", extra={"fields": {
+                            "error": str(exc), "attempt": attempt, "suppressed_since_last": suppressed}})
         if stop_requested(ctl, backoff.delay(attempt)) is not None:
             return None
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from l2rec.storage.dburl import is_postgres_url, redact_url
 from l2rec.supervision.policy import RESTART_TYPES, PolicyConfig
 from l2rec.supervision.states import RestartType
 from l2rec.venue.dumps import infer_category
@@ -49,10 +50,16 @@ class RecorderConfig:
     category: str = "linear"
     network: str = "mainnet"
     ws_url: str | None = None
-    orderbook_depth: int = 50
+    orderbook_depth: int = 50  # the subscribed Bybit depth (after _check: always one the category serves)
+    # The seed's `orderbook_depth` meant "the levels I want": when it is not a Bybit depth, the smallest
+    # depth holding it is subscribed (orderbook_depth) and the value asked for is kept here.
+    depth_requested: int | None = None
     feature_levels: int = 10
     db_path: str = "./trading_bot_live.db"
     table_name: str = "l2_training_data_practical"
+    # PostgreSQL: who wrote a row of l2_gaps / l2_sessions when many recorders share a database (None: the
+    # writer uses host:pid of the root process)
+    recorder_id: str | None = None
     buffer_size: int = 1000
     write_interval: float = 0.05
     writer_queue_rows: int = 50_000
@@ -94,11 +101,17 @@ class RecorderConfig:
     pid_file: str | None = None
     log_file: str | None = None
     log_level: str = "INFO"
+    log_updates: bool = False  # the seed's key: one log line per update, rate-limited like repeated warnings
 
     @property
     def url(self) -> str:
         """The websocket endpoint: ``ws_url`` when given, else Bybit's public URL for network/category."""
         return self.ws_url or public_ws_url(self.network, self.category)
+
+    @property
+    def levels_wanted(self) -> int:
+        """The levels a side of an update callback's ``L2Update`` holds at most (the seed's orderbook_depth)."""
+        return self.depth_requested or self.orderbook_depth
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -136,7 +149,9 @@ class RecorderConfig:
             escalate_after_reopens=self.breaker_escalate_after_reopens, critical=critical)
 
 
-FIELDS = {f.name for f in dataclasses.fields(RecorderConfig)}
+# Fields the configuration derives and no key sets (conf/recorder.toml lists every other one).
+DERIVED_FIELDS = frozenset({"depth_requested"})
+FIELDS = {f.name for f in dataclasses.fields(RecorderConfig)} - DERIVED_FIELDS
 # Keys users of the seed know, mapped to today's fields. `sandbox` meant "testnet" in the seed.
 ALIASES = {"symbol": "symbols", "depth": "orderbook_depth", "db": "db_path"}
 LEGACY_ONLY = {"sandbox", "exchange"}
@@ -234,6 +249,27 @@ def _as_opt_str(key: str, v: object) -> str | None:
     return s or None
 
 
+def _as_recorder_id(key: str, v: object) -> str | None:
+    s = _as_opt_str(key, v)
+    if s is not None and (len(s) > 200 or not s.isprintable()):
+        raise ConfigError(key, v, "must be a printable name of at most 200 characters, e.g. the host's name")
+    return s
+
+
+def _check_postgres(cfg: RecorderConfig) -> None:
+    """A PostgreSQL ``db_path``: psycopg must be installed, and the Parquet archive is SQLite's. The URL is
+    shown without its password."""
+    shown = redact_url(cfg.db_path)
+    if cfg.archive_dir is not None:
+        raise ConfigError("archive_dir", cfg.archive_dir, f"the Parquet archive is for an SQLite db_path; with "
+                          f"PostgreSQL ({shown}) leave it unset and archive with the server's own tools")
+    try:  # imported, not looked up: a broken install is refused here, not in the writer
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise ConfigError("db_path", shown, "a PostgreSQL URL needs psycopg: "
+                          "pip install 'bybit-l2-recorder[postgres]'") from None
+
+
 def _as_ws_url(key: str, v: object) -> str | None:
     s = _as_opt_str(key, v)
     if s is not None and not re.match(r"^wss?://[^\s/]+", s):
@@ -246,9 +282,11 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "category": lambda k, v: _as_category(k, v),
     "network": lambda k, v: _as_choice(k, v, NETWORKS),
     "ws_url": _as_ws_url,
-    "orderbook_depth": lambda k, v: _as_int(k, v, 1, 1000),
+    # any level count is read here; _check maps it to a depth Bybit serves or refuses it naming the depths
+    "orderbook_depth": lambda k, v: _as_int(k, v, 1, 1_000_000),
     "feature_levels": lambda k, v: _as_int(k, v, 1, 10),
-    "db_path": lambda k, v: _as_opt_str(k, v) or _raise(k, v, "must be a file path"),
+    "db_path": lambda k, v: _as_opt_str(k, v) or _raise(k, v, "must be a file path or a postgresql:// URL"),
+    "recorder_id": lambda k, v: _as_recorder_id(k, v),
     "table_name": lambda k, v: str(v) if _TABLE_RE.match(str(v)) else _raise(
         k, v, "must be an SQL identifier (letters, digits, underscore)"),
     "buffer_size": lambda k, v: _as_int(k, v, 1, 100_000),
@@ -291,6 +329,7 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "health_file": lambda k, v: _as_opt_str(k, v) or _raise(k, v, "must be a file path"),
     "pid_file": _as_opt_str,
     "log_file": _as_opt_str,
+    "log_updates": _as_bool,
     "log_level": lambda k, v: str(v).upper() if str(v).upper() in LOG_LEVELS else _raise(
         k, v, f"must be one of {', '.join(LOG_LEVELS)}"),
 }
@@ -307,11 +346,11 @@ def _normalise(raw: Mapping[str, object], source: str, prefix: str = "") -> dict
         k = key.strip().lower().replace("-", "_")
         if k == "sandbox":
             # The seed's flag: true meant testnet. It never meant demo (which reads mainnet data).
-            out["network"] = "testnet" if _as_bool(key, value) else out.get("network", "mainnet")
+            out["network"] = "testnet" if _as_bool(prefix + key, value) else out.get("network", "mainnet")
             continue
         if k == "exchange":
-            if str(value).lower() != "bybit":
-                raise ConfigError(key, value, "only bybit is supported")
+            if str(value).strip().lower() != "bybit":
+                raise ConfigError(prefix + key, value, "only bybit is supported")
             continue
         k = ALIASES.get(k, k)
         if k not in FIELDS:
@@ -323,6 +362,12 @@ def _normalise(raw: Mapping[str, object], source: str, prefix: str = "") -> dict
             raise ConfigError(prefix + key, value, f"unknown key in {source}; {hint}")
         out[k] = value
     return out
+
+
+def from_mapping(raw: Mapping[str, object], source: str) -> dict[str, object]:
+    """A dict of config keys (the embedding API's ``config_dict``), its legacy keys mapped; an unknown key
+    raises ConfigError naming it (with the nearest known one)."""
+    return _normalise(raw, source)
 
 
 def load_toml(path: str | os.PathLike[str]) -> dict[str, object]:
@@ -340,8 +385,9 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, object]:
     return _normalise(data, f"config file {p}")
 
 
-# L2REC_* variables that are not config keys: test hooks (recorder.faults) and the live-test opt-in.
-RESERVED_ENV = frozenset({"FAULTS", "FAULTS_STATE", "LIVE_TESTS"})
+# L2REC_* variables that are not config keys: test hooks (recorder.faults), the live-test opt-in and CI's
+# demand that the PostgreSQL tests run rather than skip.
+RESERVED_ENV = frozenset({"FAULTS", "FAULTS_STATE", "LIVE_TESTS", "REQUIRE_POSTGRES"})
 
 
 def from_env(environ: Mapping[str, str]) -> dict[str, object]:
@@ -390,6 +436,8 @@ def replay_category(path: str, default: str) -> str:
 
 
 def _check(cfg: RecorderConfig, explicit: set[str]) -> RecorderConfig:
+    if is_postgres_url(cfg.db_path):
+        _check_postgres(cfg)
     if cfg.archive_dir is not None:
         try:  # imported, not just looked up: a broken install must be refused here too, not at the first hour
             import pyarrow.parquet  # noqa: F401
@@ -418,11 +466,16 @@ def _check(cfg: RecorderConfig, explicit: set[str]) -> RecorderConfig:
         )
     allowed = LIVE_DEPTHS[cfg.category]
     if cfg.orderbook_depth not in allowed:
-        raise ConfigError(
-            "orderbook_depth", cfg.orderbook_depth,
-            f"Bybit serves {cfg.category} order books at depths {', '.join(map(str, allowed))} "
-            "(500 was removed in 2025; replay still accepts it)",
-        )
+        # The seed's meaning: the levels wanted. The smallest depth that holds them is subscribed (the
+        # root says so once at INFO); more than the deepest book is an error.
+        holding = [d for d in allowed if d >= cfg.orderbook_depth]
+        if not holding:
+            raise ConfigError(
+                "orderbook_depth", cfg.orderbook_depth,
+                f"Bybit serves {cfg.category} order books at depths {', '.join(map(str, allowed))}; "
+                f"more than {allowed[-1]} levels cannot be had (500 was removed in 2025; replay still accepts it)",
+            )
+        cfg = dataclasses.replace(cfg, orderbook_depth=holding[0], depth_requested=cfg.orderbook_depth)
     # Bybit's args limit is per connection, and shard_topics() packs the connections under it; only a
     # topic too long for a connection of its own could break it (a valid symbol is at most 41 characters).
     for group in cfg.shard_topics():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from l2rec.runtime.config import ConfigError
+from l2rec.storage.dburl import is_postgres_url, redact_url
 from l2rec.storage.retention import archive_path
 
 SUFFIX = {"parquet": "parquet", "csv": "csv.gz"}
@@ -34,6 +35,9 @@ class ExportProgress:
 def open_readonly(db: str, table: str) -> sqlite3.Connection:
     """The database, read-only (an export never creates or changes one); ConfigError naming ``db`` or
     ``table`` when it cannot be used."""
+    if is_postgres_url(db):  # shown without its password
+        raise ConfigError("db", redact_url(db), "l2rec export reads an SQLite database; for PostgreSQL use the "
+                          "server's COPY (SELECT ...) TO or pg_dump")
     if not Path(db).is_file():
         raise ConfigError("db", db, "no such database file")
     try:

@@ -4,7 +4,8 @@ lost intervals to a small sidecar file next to the database; the writer's next s
 ``l2_gaps`` rows (reason ``lost_at_stop``) and removes the file.
 
 One file per shard process (``{db}.lost.shard-{id}.{pid}.json``), written atomically, so no two
-processes ever write the same file.
+processes ever write the same file. For a PostgreSQL URL there is no file to put them beside: they go to
+the working directory, as ``l2rec-pg-{digest}.lost.shard-...``, the digest of the URL without its password.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from l2rec.messages.writer import GapRecord
+from l2rec.storage.dburl import local_base
 from l2rec.storage.schema import COL
 
 log = logging.getLogger("recorder.storage")
@@ -49,7 +51,7 @@ def write_sidecar(db_path: str, shard_id: int, gaps: list[GapRecord]) -> Path | 
     the file cannot be written: the loss is then in the log only, which the caller has done)."""
     if not gaps:
         return None
-    path = Path(f"{db_path}.lost.shard-{shard_id}.{os.getpid()}.json")
+    path = Path(f"{local_base(db_path)}.lost.shard-{shard_id}.{os.getpid()}.json")
     tmp = path.with_name(path.name + ".tmp")
     try:
         tmp.write_text(json.dumps([[getattr(g, f) for f in GapRecord.__slots__] for g in gaps]))
@@ -66,7 +68,7 @@ def read_sidecars(db_path: str) -> tuple[list[GapRecord], list[Path]]:
     A file that cannot be read is left in place and logged."""
     gaps: list[GapRecord] = []
     files: list[Path] = []
-    db = Path(db_path)
+    db = local_base(db_path)
     for path in sorted(db.parent.glob(f"{db.name}.lost.shard-*.json")):
         try:
             gaps += [GapRecord(*fields) for fields in json.loads(path.read_text())]

@@ -1,7 +1,8 @@
 """The interface every sink implements: the one thing the writer actor knows of where rows go.
 
-Today's sink is SQLite (:class:`l2rec.storage.sqlite.Store`); a Parquet archive and PostgreSQL plug in
-here. The contract the rest of the recorder relies on:
+Two sinks: SQLite (:class:`l2rec.storage.sqlite.Store`, ``db_path`` a file) and PostgreSQL
+(:class:`l2rec.storage.postgres.PgStore`, ``db_path`` a ``postgresql://`` URL); the functions below
+choose. The contract the rest of the recorder relies on:
 
 - ``write`` commits the rows, gap records and session records of one group of batches in ONE
   transaction, or raises; the writer acknowledges the batches to the shards only after it returned, so a
@@ -16,12 +17,24 @@ here. The contract the rest of the recorder relies on:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from l2rec.messages.writer import GapRecord, SessionRecord
 from l2rec.runtime.config import RecorderConfig
+from l2rec.storage.dburl import is_postgres_url
+
+
+class SinkUnavailable(Exception):
+    """The sink cannot take the batch now but will (a server down or restarting, a network cut, another
+    transaction in the way): the writer keeps the batch and retries with backoff, logging at
+    ``log_level``. Its text is safe to show (no password)."""
+
+    def __init__(self, message: str, *, log_level: int = logging.ERROR) -> None:
+        super().__init__(message)
+        self.log_level = log_level
 
 
 class Sink(Protocol):
@@ -75,6 +88,10 @@ class LastRow:
 
 def last_recorded(cfg: RecorderConfig, topics: Sequence[str]) -> tuple[LastRow, ...]:
     """The last live row of each of ``topics`` in the sink (none for a topic it has no live row of)."""
+    if is_postgres_url(cfg.db_path):
+        from l2rec.storage import postgres
+
+        return postgres.last_rows(cfg.db_path, cfg.table_name, cfg.category, topics)
     from l2rec.storage.sqlite import last_rows
 
     return last_rows(cfg.db_path, cfg.table_name, cfg.category, topics)
@@ -83,13 +100,21 @@ def last_recorded(cfg: RecorderConfig, topics: Sequence[str]) -> tuple[LastRow, 
 def check_sink(cfg: RecorderConfig) -> None:
     """Before anything starts: can the sink ``cfg.db_path`` names be used? Raises ConfigError naming the
     key (``db_path``, ``table_name``) with what is wrong, so a bad path is one line and exit 78."""
+    if is_postgres_url(cfg.db_path):
+        from l2rec.storage import postgres
+
+        postgres.preflight(cfg.db_path, cfg.table_name)
+        return
     from l2rec.storage.sqlite import preflight
 
     preflight(cfg.db_path, cfg.table_name)
 
 
 def open_error_is_transient(cfg: RecorderConfig, exc: BaseException) -> bool:
-    """Whether ``open_sink`` failing with ``exc`` is worth retrying (another process holds the lock)."""
+    """Whether ``open_sink`` failing with ``exc`` is worth retrying (another process holds the lock, the
+    server cannot be reached now)."""
+    if isinstance(exc, SinkUnavailable):
+        return True
     from l2rec.storage.sqlite import is_transient
 
     return is_transient(exc)
@@ -98,7 +123,12 @@ def open_error_is_transient(cfg: RecorderConfig, exc: BaseException) -> bool:
 def open_sink(cfg: RecorderConfig) -> Sink:
     """The sink ``cfg.db_path`` names, opened and its tables checked (and migrated: columns are added,
     never dropped). Raises on a database that cannot be opened or used."""
-    from l2rec.storage.sqlite import Store  # the only sink so far
+    if is_postgres_url(cfg.db_path):
+        from l2rec.storage.postgres import PgStore, default_recorder_id
+
+        return PgStore(cfg.db_path, cfg.table_name, recorder_id=cfg.recorder_id or default_recorder_id(),
+                       retention_hours=cfg.data_retention_hours, cleanup_interval_s=cfg.cleanup_interval_s)
+    from l2rec.storage.sqlite import Store
 
     return Store(cfg.db_path, cfg.table_name, busy_timeout_s=cfg.db_busy_timeout_s, max_pages=cfg.db_max_pages,
                  retention_hours=cfg.data_retention_hours, cleanup_interval_s=cfg.cleanup_interval_s,
