@@ -115,6 +115,12 @@ class RecorderActor(pykka.ThreadingActor):
         if self.reporter is not None:
             self.reporter.maybe(now_ns, self.status(), force=force)
 
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # pykka calls this instead of on_stop when a message raised: the last counters still go up, or
+        # the run's summary would miss up to a second of a crashed incarnation's work (a parser that
+        # died telling a dead book actor had counted every frame of its part by then).
+        self.report(time.time_ns(), force=True)
+
 
 def tell_quietly(ref: pykka.ActorRef[Any], msg: object) -> None:
     """Tell, ignoring an actor that is already gone (late timers, readers outliving their actor)."""

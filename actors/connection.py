@@ -125,6 +125,7 @@ class ConnectionActor(RecorderActor):
         if ws is not None:
             ws.shutdown()
         self.on_fatal(f"connection actor failed: {exception_value!r}")
+        super().on_failure(exception_type, exception_value, traceback)  # last: the shard's stop comes first
 
     # -- connection lifecycle --------------------------------------------------------------------------
 

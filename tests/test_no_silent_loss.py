@@ -206,3 +206,41 @@ def test_the_summary_counts_every_incarnation(tmp_path: Path, stream: Path) -> N
     line = summary(res.stderr)
     assert figure(line, "rows written") == count_rows(db) == 6000
     assert figure(line, "frames read") > 6000  # the restarted shard read its part of the file again
+
+
+class CollectingUplink:
+    """Stands where a child's uplink pipe is: keeps what the actors report."""
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    def put_nowait(self, obj: object) -> None:
+        self.sent.append(obj)
+
+
+def test_an_actor_that_dies_reports_its_last_counters() -> None:
+    """A parser whose book actor is gone dies on its next batch (pykka then skips on_stop); the frames it
+    had counted still reach the root, or a crashed incarnation's work would be missing from the summary."""
+    import pykka
+
+    from l2rec.actors.base import Reporter
+    from l2rec.actors.parser import ParserActor
+    from l2rec.messages.frames import RawFrames
+    from l2rec.messages.health import Status
+    from l2rec.runtime.faults import Faults
+    from l2rec.supervision.states import Role
+
+    class Gone(pykka.ThreadingActor):
+        pass
+
+    books = Gone.start()
+    books.stop()
+    uplink = CollectingUplink()
+    parser = ParserActor.start(books, None, topics=None, symbols=None, depth=None,
+                               reporter=Reporter(uplink, Role.SHARD, "parser", 0),  # type: ignore[arg-type]  # duck-typed uplink
+                               faults=Faults({}))
+    lines = NAUTILUS.read_text().splitlines()[:7]
+    parser.tell(RawFrames(0, tuple((None, line) for line in lines)))
+    wait_for(lambda: not parser.is_alive(), 10, "the parser to die telling a dead actor")
+    reports = [s for s in uplink.sent if isinstance(s, Status) and s.actor == "parser"]
+    assert reports and reports[-1].stats["frames"] == 7 and reports[-1].stats["book"] == 7
