@@ -50,6 +50,10 @@ class Reporter:
         self.pid = os.getpid()
         self.next_ns = 0
 
+    def due(self, now_ns: int) -> bool:
+        """Whether a report would go now (lets a caller skip gathering the figures)."""
+        return self.uplink is not None and now_ns >= self.next_ns
+
     def maybe(self, now_ns: int, stats: dict[str, object], force: bool = False) -> None:
         """Report ``stats`` if the interval passed (or ``force``)."""
         if self.uplink is None or (not force and now_ns < self.next_ns):

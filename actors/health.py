@@ -11,8 +11,17 @@ import orjson
 import psutil
 
 from l2rec.actors.base import RecorderActor, handles
-from l2rec.messages.health import ChildInfo, DumpHealth, HealthRequest, Status, SupervisorState, TotalsRequest
-from l2rec.runtime.summary import RunTotals, add_topic_counters, run_totals
+from l2rec.messages.health import (
+    ChildInfo,
+    DumpHealth,
+    HealthRequest,
+    MetricsRequest,
+    Status,
+    SupervisorState,
+    TotalsRequest,
+)
+from l2rec.runtime.progress import ReplayProgress
+from l2rec.runtime.summary import MetricsSnapshot, RunTotals, add_topic_counters, metrics_snapshot, run_totals
 from l2rec.supervision.states import Role
 
 log = logging.getLogger("actors.health")
@@ -35,9 +44,16 @@ class HealthActor(RecorderActor):
         self.children: dict[str, ChildInfo] = {}
         self.supervisor: SupervisorState | None = None
         self.procs: dict[int, psutil.Process] = {}
+        self.replay_progress = ReplayProgress(log)  # a replay's readers report here; shown on the terminal
+        # CPU seconds: the last figure seen of each pid, and per child name what its ended incarnations
+        # used (as last seen: psutil cannot read a process that is gone), so the metric never goes back.
+        self.cpu_seen: dict[int, float] = {}
+        self.cpu_ended: dict[str, float] = {}
 
     @handles(Status)
     def _on_status(self, message: Status) -> None:
+        if message.actor == "replay" and message.shard_id is not None:
+            self.replay_progress.on_report(message.shard_id, message.stats)
         key = f"{message.role}:{message.shard_id}:{message.actor}" if message.shard_id is not None \
             else f"{message.role}:{message.actor}"
         previous = self.latest.get(key)
@@ -59,7 +75,37 @@ class HealthActor(RecorderActor):
 
     @handles(ChildInfo)
     def _on_child(self, message: ChildInfo) -> None:
+        previous = self.children.get(message.name)
+        if previous is not None and previous.pid != message.pid:
+            self.cpu_ended[message.name] = self.cpu_ended.get(message.name, 0.0) + self.cpu_seen.pop(previous.pid, 0.0)
+            self.procs.pop(previous.pid, None)
         self.children[message.name] = message
+
+    @handles(MetricsRequest)
+    def _on_metrics(self, _message: MetricsRequest) -> MetricsSnapshot:
+        snap = metrics_snapshot((st for _, st in self.retired), self.latest.values(),
+                                self.supervisor.children if self.supervisor else {}, time.time_ns())
+        for name, pid in [("root", os.getpid()), *((n, ch.pid) for n, ch in self.children.items())]:
+            usage = self._usage(pid)
+            if usage is not None:
+                snap.rss_bytes[name] = usage[0]
+            # an incarnation that is gone (waiting for its restart) still counts what it used
+            cpu = self.cpu_ended.get(name, 0.0) + (usage[1] if usage is not None else self.cpu_seen.get(pid, 0.0))
+            snap.cpu_s[name] = cpu
+        return snap
+
+    def _usage(self, pid: int) -> tuple[int, float] | None:
+        """(resident bytes, CPU seconds user + system) of a live process; None when it is gone."""
+        try:
+            p = self.procs.get(pid) or self.procs.setdefault(pid, psutil.Process(pid))
+            with p.oneshot():
+                cpu = sum(p.cpu_times()[:2])
+                rss = p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            self.procs.pop(pid, None)
+            return None
+        self.cpu_seen[pid] = cpu
+        return rss, cpu
 
     @handles(SupervisorState)
     def _on_supervisor_state(self, message: SupervisorState) -> None:
@@ -73,9 +119,10 @@ class HealthActor(RecorderActor):
         try:
             p = self.procs.get(pid) or self.procs.setdefault(pid, psutil.Process(pid))
             with p.oneshot():
+                cpu = self.cpu_seen[pid] = sum(p.cpu_times()[:2])
                 return {
                     "pid": pid, "cpu_percent": p.cpu_percent(interval=None),
-                    "cpu_s": round(sum(p.cpu_times()[:2]), 3), "rss_bytes": p.memory_info().rss,
+                    "cpu_s": round(cpu, 3), "rss_bytes": p.memory_info().rss,
                     "threads": p.num_threads(), "open_files": len(p.open_files()),
                     "uptime_s": round(time.time() - p.create_time(), 3),
                 }

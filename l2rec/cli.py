@@ -24,6 +24,7 @@ from l2rec.runtime.config import (
     load_toml,
 )
 from l2rec.runtime.pidfile import PidFile
+from l2rec.runtime.progress import CommandProgress, Progress, default_interval
 from l2rec.storage.sink import check_sink
 
 # The checkout's config file: used when present (running from a clone or an editable install); an
@@ -35,7 +36,7 @@ SUPERVISOR_PROG = "python supervisor.py"
 _FLAGS = {  # flag dest -> config field
     "db": "db_path", "symbols": "symbols", "category": "category", "depth": "orderbook_depth",
     "network": "network", "ws_url": "ws_url", "replay": "replay", "health_file": "health_file",
-    "log_file": "log_file", "log_level": "log_level", "pid_file": "pid_file",
+    "log_file": "log_file", "log_level": "log_level", "pid_file": "pid_file", "metrics_port": "metrics_port",
 }
 
 _RECORD_DESCRIPTION = ("Record Bybit v5 public L2 order books into an SQLite training table "
@@ -77,6 +78,9 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO (default), WARNING, ERROR")
     p.add_argument("--pid-file", metavar="PATH",
                    help="write the root's pid here (for kill -USR1/-TERM); removed at exit")
+    p.add_argument("--metrics-port", metavar="N",
+                   help="serve Prometheus metrics on http://127.0.0.1:N/metrics (metrics_host to change the "
+                        "address; default 0: off)")
     p.add_argument("--version", action="version", version=f"l2rec {package_version()}")
 
 
@@ -156,32 +160,95 @@ def export_command(args: argparse.Namespace, prog: str) -> int:
     from l2rec.storage.export import ExportProgress, export
 
     tty = sys.stderr.isatty()
-    last = [0.0]
+    shown = CommandProgress(prog, sys.stderr, tty)
+    # Started now, so that the rate and the ETA count the time before the first file too.
+    progress = Progress("rows", None, of="the rows", interval_s=default_interval(tty))
 
-    def progress(p: ExportProgress) -> None:
-        if tty and p.seconds - last[0] >= 0.5:
-            last[0] = p.seconds
-            print(f"\r{prog}: {p.rows:,} rows, {p.files:,} files, {p.bytes / 1e6:,.1f} MB ({p.at})\x1b[K",
-                  end="", file=sys.stderr, flush=True)
+    def on_file(p: ExportProgress) -> None:
+        if progress.total is None and p.total_rows:
+            progress.total = p.total_rows
+        text = progress.update(p.rows, p.rows)
+        if text is not None:
+            shown.show(f"{text}; {p.files:,} files, {p.bytes / 1e6:,.1f} MB ({p.at})")
 
     try:
         symbols = None
         if args.symbols:
             symbols = list(_as_symbols("symbols", args.symbols))
         since, until = parse_iso_ms("since", args.since), parse_iso_ms("until", args.until)
-        done = export(args.db, args.table, args.out, args.format.strip().lower(), symbols, since, until, progress)
+        done = export(args.db, args.table, args.out, args.format.strip().lower(), symbols, since, until, on_file)
     except ConfigError as exc:
         print(f"{prog}: config error: {exc}", file=sys.stderr)
         return EX_CONFIG
     except ArchiveError as exc:
-        if tty:
-            print(file=sys.stderr)  # end the progress line
+        shown.clear()
         print(f"{prog}: cannot write {exc.path}: {exc.cause}", file=sys.stderr)
         return 1
-    if tty:
-        print("\r\x1b[K", end="", file=sys.stderr)
+    shown.clear()
     print(f"exported {done.rows} rows to {done.files} files ({done.bytes} bytes) under {args.out} "
           f"in {done.seconds:.1f} s")
+    return 0
+
+
+_REPORT_DESCRIPTION = (
+    "Write what a training table holds as PNG charts, an index.html that shows them with a table of figures "
+    "per symbol, and summary.json: per symbol the mid price with the spread as a band, the order-book "
+    "imbalance and rows per minute, with the gaps of l2_gaps shaded; a coverage grid (symbol x hour); the "
+    "receive latency histogram. Reads SQL aggregates in one pass, never the rows; the database is opened "
+    "read-only, so a running recorder is not disturbed. Needs matplotlib: pip install 'bybit-l2-recorder[report]'.")
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``l2rec report``."""
+    p.add_argument("--db", metavar="DB", required=True, help="SQLite database file")
+    p.add_argument("--out", metavar="DIR", required=True, help="directory to write into (made if missing)")
+    p.add_argument("--table", metavar="NAME", default="l2_training_data_practical",
+                   help="table to report on (default l2_training_data_practical)")
+    p.add_argument("--symbols", metavar="A,B", help="only these symbols")
+    p.add_argument("--since", metavar="ISO", help="rows at or after this UTC time (e.g. 2024-12-01T00:00)")
+    p.add_argument("--until", metavar="ISO", help="rows before this UTC time")
+
+
+def report_command(args: argparse.Namespace, prog: str) -> int:
+    """``l2rec report``: 0 when the report was written; 78 for a bad flag, database or table, or without
+    matplotlib; 65 when no row is in range; 1 when a file could not be written (its path in the message)."""
+    from l2rec.report.queries import NoRows
+    from l2rec.report.write import MissingMatplotlib, ReportWriteError, write_report
+
+    tty = sys.stderr.isatty()
+    shown = CommandProgress(prog, sys.stderr, tty)
+    progress = Progress("rows", None, of="the table", interval_s=default_interval(tty))
+
+    def on_block(rows: int, rowids_done: int, rowids: int) -> None:
+        if progress.total is None and rowids:
+            progress.total = rowids
+        text = progress.update(rows, rowids_done)
+        if text is not None:
+            shown.show(text)
+
+    try:
+        symbols = list(_as_symbols("symbols", args.symbols)) if args.symbols else None
+        since, until = parse_iso_ms("since", args.since), parse_iso_ms("until", args.until)
+        done = write_report(args.db, args.out, args.table, symbols, since, until, on_block)
+    except (ConfigError, MissingMatplotlib) as exc:
+        shown.clear()
+        print(f"{prog}: {'config error: ' if isinstance(exc, ConfigError) else ''}{exc}", file=sys.stderr)
+        return EX_CONFIG
+    except NoRows:
+        shown.clear()
+        what = f" of {', '.join(symbols)}" if symbols else ""
+        span = "".join(f" {k} {v}" for k, v in (("since", args.since), ("until", args.until)) if v)
+        print(f"{prog}: no rows{what} in table {args.table} of {args.db}{span}: nothing to report", file=sys.stderr)
+        return os.EX_DATAERR
+    except ReportWriteError as exc:
+        shown.clear()
+        print(f"{prog}: cannot write {exc.path}: {exc.cause}", file=sys.stderr)
+        return 1
+    shown.clear()
+    if done.missing_symbols:
+        print(f"{prog}: no rows of {', '.join(done.missing_symbols)} in range", file=sys.stderr)
+    print(f"report of {done.rows} rows of {done.symbols} symbols written to {done.out / 'index.html'} "
+          f"({len(done.files)} files) in {done.seconds:.1f} s")
     return 0
 
 
@@ -201,10 +268,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp = commands.add_parser("export", help="write a table to Parquet/CSV files, the archive's layout",
                               description=_EXPORT_DESCRIPTION)
     add_export_arguments(exp)
+    rep = commands.add_parser("report", help="charts, index.html and summary.json of what a table holds",
+                              description=_REPORT_DESCRIPTION)
+    add_report_arguments(rep)
     args = top.parse_args(argv)
     if args.command == "record":
         return record(args, "l2rec record")
     if args.command == "export":
         return export_command(args, "l2rec export")
+    if args.command == "report":
+        return report_command(args, "l2rec report")
     top.error(f"unknown command {args.command!r}")  # argparse's choices catch this first
     return 2

@@ -52,3 +52,9 @@ class TotalsRequest:
 @dataclass(frozen=True, slots=True)
 class HealthRequest:
     """Root -> HealthActor (ask): the health dump as a dict, without writing it (the embedding API's stats)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsRequest:
+    """Root's metrics server -> HealthActor (ask, per scrape): the figures of ``/metrics`` (a
+    ``l2rec.runtime.summary.MetricsSnapshot``)."""

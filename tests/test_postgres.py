@@ -295,6 +295,37 @@ def test_two_sinks_on_one_table_keep_one_row_per_state_and_the_readme_query_show
     assert [(r[0], r[1], r[2], r[5]) for r in got] == [("host-a", "orderbook.50.BTCUSDT", "u_jump", 19)]
 
 
+def test_the_sink_counts_the_rows_and_gap_rows_it_inserted_per_topic(pg_url: str) -> None:
+    """What /metrics serves as l2rec_rows_total and l2rec_gaps_total: only what this sink's transactions
+    inserted (not rows another recorder stored first, not a closing record that updated its gap's row)."""
+    from l2rec.storage.postgres import PgStore
+
+    t0 = 1_733_011_200_000
+    a = PgStore(pg_url, TABLE, recorder_id="host-a")
+    b = PgStore(pg_url, TABLE, recorder_id="host-b")
+    try:
+        opened = GapRecord("linear", "orderbook.50.ETHUSDT", "ETHUSDT", 50, 7, 9, "u_jump", t0 * 1_000_000, None)
+        closed = GapRecord(*[getattr(opened, f) for f in opened.__slots__][:-1], (t0 + 5) * 1_000_000)
+        downtime = GapRecord("linear", "orderbook.50.BTCUSDT", "BTCUSDT", 50, 1, 2, "downtime", 5, 6)
+        b.write([row("BTCUSDT", u, t0 + u) for u in range(1, 11)])
+        a.write([*(row("BTCUSDT", u, t0 + u) for u in range(1, 21)), *(row("ETHUSDT", u, t0 + u) for u in range(1, 6))],
+                [opened])
+        a.write([], [closed, downtime, opened])  # the closing record updates its row; the open one adds nothing
+        # a constraint of the user's refusing some rows: the group is redone a row at a time
+        pg_query(pg_url, f"ALTER TABLE {TABLE} ADD CONSTRAINT no_seven CHECK (sequence <> 27)")
+        assert a.write([row("ETHUSDT", u, t0 + u) for u in range(26, 29)]) == 2
+        assert a.committed.status() == {
+            "rows_by_topic": {"orderbook.50.BTCUSDT": 10, "orderbook.50.ETHUSDT": 7},
+            "gaps_by_topic": {"orderbook.50.ETHUSDT": {"u_jump": 1}, "orderbook.50.BTCUSDT": {"downtime": 1}}}
+        assert b.committed.rows == {"orderbook.50.BTCUSDT": 10} and b.committed.gaps == {}
+    finally:
+        a.close()
+        b.close()
+    assert pg_query(pg_url, "SELECT recorder_id, topic, reason, recovered_ns IS NOT NULL FROM l2_gaps ORDER BY topic"
+                    ) == [("host-a", "orderbook.50.BTCUSDT", "downtime", True),
+                          ("host-a", "orderbook.50.ETHUSDT", "u_jump", True)]
+
+
 def test_retention_deletes_old_rows_gaps_and_sessions_in_chunks(pg_url: str) -> None:
     from l2rec.storage.postgres import PgStore
     from l2rec.storage.retention import DELETE_CHUNK_ROWS, HOUR_MS

@@ -152,6 +152,12 @@ class DataIngestor:
             from l2rec.processes.root import Root  # pykka and psutil: paid at start, not at import
 
             root = Root(cfg, embedded=True, observer=_Observer(self))
+            try:
+                root.start_metrics()  # here, so that a metrics port in use is a StartFailed naming it
+            except ConfigError as exc:
+                root.abandon()
+                self._state = "failed"
+                return self._start_failed(f"cannot serve metrics: {exc}", {"key": exc.key})
             if root.publish is not None:
                 root.publish.value = 1 if self._delivery.on_update is not None else 0
             self._root = root

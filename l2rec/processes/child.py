@@ -36,9 +36,12 @@ EXIT_ROWS_FAILED = 5  # the writer: rows the table refused (not stored)
 
 
 def child_setup(uplink_conn: Connection, level: str, role: str) -> Uplink:
-    """Ignore the stop signals (the root drives the stop), send logs up the uplink, tune the GC."""
+    """Ignore the stop signals (the root drives the stop) and SIGHUP, send logs up the uplink, tune the GC."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # SIGHUP is the root's (it reopens the log file, which only the root writes); its default action would
+    # end a child that gets it too: `systemctl kill -s HUP` (every process of the unit), a closed terminal.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     install_stack_dump(role)
     uplink = Uplink(uplink_conn)
     child_logging(uplink, level, role)

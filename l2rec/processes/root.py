@@ -19,21 +19,32 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.sharedctypes import Synchronized
 from types import FrameType
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import pykka
 
 from l2rec.actors.health import HealthActor
 from l2rec.messages.book import RowsPublished
-from l2rec.messages.health import ChildInfo, DumpHealth, HealthRequest, Status, SupervisorState, TotalsRequest
+from l2rec.messages.health import (
+    ChildInfo,
+    DumpHealth,
+    HealthRequest,
+    MetricsRequest,
+    Status,
+    SupervisorState,
+    TotalsRequest,
+)
 from l2rec.processes.child import EXIT_RATE_LIMITED, print_stacks
 from l2rec.processes.children import Child, ShardChild, WriterChild
 from l2rec.runtime.config import EX_CONFIG, RecorderConfig
 from l2rec.runtime.logs import HostLogging, RootLogging
-from l2rec.runtime.summary import RunTotals
+from l2rec.runtime.summary import MetricsSnapshot, RunTotals
 from l2rec.storage.dburl import redact_url
 from l2rec.supervision.policy import ChildPolicy
 from l2rec.supervision.states import Action, RestartType
+
+if TYPE_CHECKING:
+    from l2rec.runtime.metrics import MetricsServer
 
 log = logging.getLogger("supervisor")
 
@@ -151,6 +162,7 @@ class Root:
         ]
         for shard in self.shards:
             shard.publish = self.publish
+        self.metrics: MetricsServer | None = None
 
     def ready(self) -> bool:
         """Running: the writer is up and every shard connected and has every topic in sync (or refused)."""
@@ -172,6 +184,45 @@ class Root:
             except (pykka.ActorDeadError, pykka.Timeout):
                 pass  # stopping right now: the final figures follow
         return self.final_health or {}, self.final_totals
+
+    # -- /metrics ----------------------------------------------------------------------------------------
+
+    def start_metrics(self) -> None:
+        """Listen on ``metrics_host:metrics_port`` (when the port is set) and serve ``/metrics`` from a
+        thread of this process. Called before any child starts (``run()`` does, or an embedding host's
+        ``start()`` on its own thread first), so that a port in use is a ConfigError naming
+        ``metrics_port`` (exit 78) and never a run without the metrics it was asked for."""
+        if self.cfg.metrics_port and self.metrics is None:
+            # prometheus_client is imported only here: a recorder without metrics does not pay for it
+            from l2rec.runtime.metrics import start_metrics_server
+
+            self.metrics = start_metrics_server(self.cfg.metrics_host, self.cfg.metrics_port,
+                                                self.metrics_snapshot)
+
+    def metrics_snapshot(self) -> MetricsSnapshot | None:
+        """The figures of ``/metrics`` now (any thread: the scrape's); None before the run started or once
+        it ended."""
+        health = getattr(self, "health", None)
+        if health is None or self.exit_code is not None:
+            return None
+        try:
+            snap = cast(MetricsSnapshot, health.ask(MetricsRequest(), timeout=5.0))
+        except (pykka.ActorDeadError, pykka.Timeout):
+            return None  # stopping right now
+        from l2rec.runtime.metrics import db_file_figures
+
+        db_file_figures(self.cfg.db_path, snap)
+        return snap
+
+    def abandon(self) -> None:
+        """A root that will not run after all (its metrics port could not be had): release what it took."""
+        self._stop_metrics()
+        shutil.rmtree(self.rundir, ignore_errors=True)
+
+    def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
     # -- signals (handlers only set flags; the main loop acts) ----------------------------------------
 
@@ -211,7 +262,15 @@ class Root:
     # -- run ------------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        """Start the children, supervise them until a stop (a signal, ``request_stop``, a replay's end, an
+        escalation), stop them in order; returns the exit code. A metrics port that cannot be had raises
+        ConfigError before anything started."""
         cfg = self.cfg
+        try:
+            self.start_metrics()
+        except BaseException:
+            self.abandon()
+            raise
         self.logs: RootLogging | HostLogging
         if self.embedded:
             self.logs = HostLogging(self.observer.record)
@@ -219,6 +278,8 @@ class Root:
             self.logs = RootLogging(cfg.log_level, cfg.log_file)
             self._install_signals()
         self.health = HealthActor.start(self.started_ns)
+        if self.metrics is not None:
+            log.info("serving metrics", extra={"fields": {"url": self.metrics.url}})
         pump_stop = threading.Event()
         pump = threading.Thread(target=self._pump_uplinks, args=(pump_stop,), name="uplink-pump", daemon=True)
         pump.start()
@@ -228,6 +289,7 @@ class Root:
         finally:
             self._final_dump()
             exit_code = self._summarise(exit_code)
+            self._stop_metrics()  # the last scrapes saw the final figures; the port is free again at exit
             pump_stop.set()
             pump.join(timeout=2.0)
             # this root's actor only: a host may run other roots (and actors of its own) beside it

@@ -105,7 +105,7 @@ def run_shard(spec: ShardSpec, ctl: Connection, uplink_conn: Connection, retry_a
 
     source: pykka.ActorRef[ReplayActor] | pykka.ActorRef[ConnectionActor]
     if cfg.replay is not None and credits is not None:
-        source = ReplayActor.start(cfg.replay, credits, on_fatal, spec.partition)
+        source = ReplayActor.start(cfg.replay, credits, on_fatal, spec.partition, reporter=reporter("replay"))
     else:
         source = ConnectionActor.start(cfg, shard_id, topics, on_fatal, reporter("connection"), faults,
                                        byte_credits, session_base=spec.incarnation * SESSIONS_PER_INCARNATION)

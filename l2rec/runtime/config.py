@@ -102,6 +102,10 @@ class RecorderConfig:
     log_file: str | None = None
     log_level: str = "INFO"
     log_updates: bool = False  # the seed's key: one log line per update, rate-limited like repeated warnings
+    # /metrics in Prometheus' text format, served by the root (l2rec.runtime.metrics); port 0 = not served.
+    # Loopback by default: the figures name the symbols and paths of this host.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
 
     @property
     def url(self) -> str:
@@ -256,6 +260,31 @@ def _as_recorder_id(key: str, v: object) -> str | None:
     return s
 
 
+_HOST_RE = re.compile(r"^[A-Za-z0-9_.:%\-]{1,253}$")
+
+
+def _as_host(key: str, v: object) -> str:
+    """An address to listen on: an IP (``127.0.0.1``, ``::``, ``0.0.0.0``) or a host name; whether this host
+    has it is found when the server binds (a ConfigError naming the key then too)."""
+    s = str(v).strip().strip("[]") if isinstance(v, str) else ""
+    if not _HOST_RE.match(s):
+        raise ConfigError(key, v, "must be an address to listen on, e.g. 127.0.0.1 (this host only), 0.0.0.0 "
+                          "or :: (every interface), or a host name")
+    return s
+
+
+def _as_port(key: str, v: object) -> int:
+    if isinstance(v, bool):
+        raise ConfigError(key, v, "must be a TCP port from 1 to 65535, or 0 (off)")
+    try:
+        n = v if isinstance(v, int) else int(str(v).strip())
+    except ValueError:
+        raise ConfigError(key, v, "must be a TCP port from 1 to 65535, or 0 (off)") from None
+    if not 0 <= n <= 65535:
+        raise ConfigError(key, v, "must be a TCP port from 1 to 65535, or 0 (off)")
+    return n
+
+
 def _check_postgres(cfg: RecorderConfig) -> None:
     """A PostgreSQL ``db_path``: psycopg must be installed, and the Parquet archive is SQLite's. The URL is
     shown without its password."""
@@ -330,6 +359,8 @@ _PARSERS: dict[str, Callable[[str, object], Any]] = {
     "pid_file": _as_opt_str,
     "log_file": _as_opt_str,
     "log_updates": _as_bool,
+    "metrics_host": _as_host,
+    "metrics_port": _as_port,
     "log_level": lambda k, v: str(v).upper() if str(v).upper() in LOG_LEVELS else _raise(
         k, v, f"must be one of {', '.join(LOG_LEVELS)}"),
 }

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from l2rec.runtime.progress import TerminalLine, set_terminal
+
 ROLE = "root"
 
 
@@ -48,6 +50,19 @@ class TextFormatter(logging.Formatter):
         return base
 
 
+class TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]  # StreamHandler[TextIO] only in typeshed
+    """stderr on a terminal: a progress line shown there (``l2rec.runtime.progress``) is erased before a
+    record is written and drawn again after it, so records never land in the middle of the line."""
+
+    def __init__(self, line: TerminalLine) -> None:
+        super().__init__(line.stream)
+        self.line = line
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.line.paused():
+            super().emit(record)
+
+
 class _RoleFilter(logging.Filter):
     def __init__(self, role: str) -> None:
         super().__init__()
@@ -77,7 +92,15 @@ class RootLogging:
 
     def __init__(self, level: str, log_file: str | None) -> None:
         self.handlers: list[logging.Handler] = []
-        err = logging.StreamHandler(sys.stderr)
+        self.terminal: TerminalLine | None = None
+        err: logging.Handler
+        if sys.stderr.isatty():
+            # A replay's progress line lives on this terminal too (the HealthActor draws it).
+            self.terminal = TerminalLine(sys.stderr)
+            set_terminal(self.terminal)
+            err = TerminalHandler(self.terminal)
+        else:
+            err = logging.StreamHandler(sys.stderr)
         err.setFormatter(TextFormatter("%(asctime)s %(levelname)s [%(role)s] %(name)s: %(message)s"))
         self.handlers.append(err)
         self.file_handler: ReopenableFileHandler | None = None
@@ -101,6 +124,9 @@ class RootLogging:
             self.file_handler.reopen()
 
     def stop(self) -> None:
+        if self.terminal is not None:
+            self.terminal.clear()
+            set_terminal(None)
         for h in self.handlers:
             h.flush()
         if self.file_handler is not None:

@@ -1,5 +1,5 @@
 """What a run did, counted over every process incarnation: the one-line summary at exit, the exit code of
-a replay, and the topic counters of the health dump.
+a replay, the topic counters of the health dump, and the figures ``/metrics`` serves.
 
 Each process reports its counters since it started; a restarted shard or writer starts again from zero.
 The root keeps the last report of every incarnation, and these functions add them up.
@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from l2rec.messages.health import Status
+from l2rec.runtime.buckets import COMMIT_BUCKETS_S, RECV_TO_COMMIT_BUCKETS_S, add_counts
 from l2rec.supervision.states import Role
 
 # Per-topic counters of the book keeper that add up across incarnations (the rest are states).
@@ -117,3 +118,106 @@ def add_topic_counters(into: dict[str, dict[str, object]], earlier: Mapping[str,
             a, b = cur.get(key), old.get(key)
             if isinstance(a, int) and isinstance(b, int):
                 cur[key] = a + b
+
+
+@dataclass(slots=True)
+class HistogramFigures:
+    """A histogram added up over incarnations: ``counts[i]`` observations in bucket i (not cumulative; the
+    last bucket is above every bound), their sum in seconds."""
+
+    bounds_s: tuple[float, ...]
+    counts: list[int]
+    sum_s: float = 0.0
+
+
+@dataclass(slots=True)
+class MetricsSnapshot:
+    """What ``/metrics`` serves, at one moment: the counters added up over every incarnation (a restarted
+    process counts from zero again), the gauges as the latest reports have them. Label values are the
+    keys: a topic (``orderbook.50.BTCUSDT``), a shard's number (``"0"``), a child process's name
+    (``writer``, ``shard-0``), a process's role (``root``, ``writer``, ``shard-0``)."""
+
+    rows: dict[str, int] = field(default_factory=dict)  # topic -> rows committed (inserted)
+    gaps: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, reason) -> rows of l2_gaps
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> frames refused by the parsers
+    synced: dict[str, bool] = field(default_factory=dict)  # topic -> its book in sync (its process alive)
+    age_s: dict[str, float] = field(default_factory=dict)  # topic -> seconds since its last message (inf: none)
+    reconnects: dict[str, int] = field(default_factory=dict)  # shard -> websocket sessions after its first
+    restarts: dict[str, int] = field(default_factory=dict)  # child -> restarts by the supervisor
+    breaker_open: dict[str, bool] = field(default_factory=dict)  # child -> its circuit breaker is open
+    queue_rows: dict[str, int] = field(default_factory=dict)  # shard -> rows in its link to the writer
+    commit: HistogramFigures = field(default_factory=lambda: HistogramFigures(COMMIT_BUCKETS_S,
+                                                                                [0] * (len(COMMIT_BUCKETS_S) + 1)))
+    recv_to_commit: HistogramFigures = field(default_factory=lambda: HistogramFigures(
+        RECV_TO_COMMIT_BUCKETS_S, [0] * (len(RECV_TO_COMMIT_BUCKETS_S) + 1)))
+    rss_bytes: dict[str, int] = field(default_factory=dict)  # role -> resident memory
+    cpu_s: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds, every incarnation of it
+    db_size_bytes: int | None = None  # SQLite: the file and its -wal (None: PostgreSQL, or not there yet)
+    db_disk_free_bytes: int | None = None  # the file system holding the database: free for this user
+    db_disk_size_bytes: int | None = None  # ... and its size
+
+
+def _shard_name(st: Status) -> str:
+    return f"shard-{st.shard_id}"
+
+
+def metrics_snapshot(earlier: Iterable[Status], latest: Iterable[Status],
+                     supervisor: Mapping[str, Mapping[str, object]], now_ns: int) -> MetricsSnapshot:
+    """Build the figures of ``/metrics`` from the last report of every earlier incarnation of every actor
+    (``earlier``), the latest reports (``latest``) and the supervisor's view of each child (``supervisor``:
+    ``alive``, ``restarts``, ``breaker`` per child name, as the root sends it to the HealthActor).
+
+    Counters (rows, gaps, rejected frames, reconnects, the histograms) add every incarnation's last
+    report to the current one's, as ``run_totals`` does, so they never go back when a process restarts.
+    A topic of a shard that is not alive is not in sync, whatever its last report said."""
+    snap = MetricsSnapshot()
+    latest = list(latest)
+    sessions: dict[str, int] = {}
+    for st in [*earlier, *latest]:
+        s = st.stats
+        if st.role is Role.WRITER and st.actor == "writer":
+            rows = s.get("rows_by_topic")
+            if isinstance(rows, dict):
+                for topic, n in rows.items():
+                    if isinstance(n, int):
+                        snap.rows[topic] = snap.rows.get(topic, 0) + n
+            gaps = s.get("gaps_by_topic")
+            if isinstance(gaps, dict):
+                for topic, reasons in gaps.items():
+                    if isinstance(reasons, dict):
+                        for reason, n in reasons.items():
+                            if isinstance(n, int):
+                                snap.gaps[(topic, reason)] = snap.gaps.get((topic, reason), 0) + n
+            snap.commit.sum_s += add_counts(snap.commit.counts, s.get("commit_hist"))
+            snap.recv_to_commit.sum_s += add_counts(snap.recv_to_commit.counts, s.get("recv_to_commit_hist"))
+        elif st.actor == "parser":
+            for key, value in s.items():
+                if key.startswith("reject:") and isinstance(value, int):
+                    reason = key[len("reject:"):]
+                    snap.rejected[reason] = snap.rejected.get(reason, 0) + value
+        elif st.actor == "connection" and st.shard_id is not None:
+            shard = str(st.shard_id)
+            sessions[shard] = sessions.get(shard, 0) + _int(s, "sessions")
+    # the first session of each shard is the connection, every later one (a process restart's too) a reconnect
+    snap.reconnects = {shard: max(0, n - 1) for shard, n in sessions.items()}
+    for name, child in supervisor.items():
+        snap.restarts[name] = _int(child, "restarts")
+        snap.breaker_open[name] = child.get("breaker") == "open"
+    for st in latest:
+        if st.actor != "features" or st.shard_id is None:
+            continue
+        # A child not yet in the supervisor's view (the first second of the run) counts as alive.
+        alive = bool(supervisor.get(_shard_name(st), {}).get("alive", True))
+        topics = st.stats.get("topics")
+        if isinstance(topics, dict):
+            for topic, t in topics.items():
+                if not isinstance(t, dict):
+                    continue
+                snap.synced[topic] = alive and bool(t.get("synced"))
+                recv = t.get("last_recv_ns")
+                snap.age_s[topic] = max(0.0, (now_ns - recv) / 1e9) if isinstance(recv, int) else float("inf")
+        link = st.stats.get("writer_link")
+        depth = link.get("depth_rows") if isinstance(link, dict) else None
+        # a dead shard's link died with it (what it held is resent or is a gap): nothing waits in it
+        snap.queue_rows[str(st.shard_id)] = depth if alive and isinstance(depth, int) else 0
+    return snap

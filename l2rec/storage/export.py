@@ -30,6 +30,7 @@ class ExportProgress:
     bytes: int = 0
     at: str = ""  # the file being written
     seconds: float = 0.0
+    total_rows: int = 0  # rows in range, counted before the export starts (for the share done and the ETA)
 
 
 def open_readonly(db: str, table: str) -> sqlite3.Connection:
@@ -41,7 +42,8 @@ def open_readonly(db: str, table: str) -> sqlite3.Connection:
     if not Path(db).is_file():
         raise ConfigError("db", db, "no such database file")
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5.0)
+        # As a URI (mode=ro), so a path holding '?', '#' or '%' must be quoted: Path.as_uri() does it.
+        conn = sqlite3.connect(f"{Path(db).absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
         cols = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
     except sqlite3.Error as exc:
         raise ConfigError("db", db, f"cannot read the database: {exc}") from None
@@ -51,6 +53,23 @@ def open_readonly(db: str, table: str) -> sqlite3.Connection:
         raise ConfigError("table", table, "no such table" if not cols else
                           f"has no column {', '.join(sorted(missing))}: rows cannot be put into hours")
     return conn
+
+
+def count_in_range(conn: sqlite3.Connection, table: str, symbols: Sequence[str] | None, since_ms: int | None,
+                   until_ms: int | None) -> int:
+    """The rows an export of this range writes (the recorder's time index covers the query: no table page
+    is read), for the progress' share and ETA."""
+    where, params = ["exchange_timestamp IS NOT NULL"], list[object]()
+    if symbols:
+        where.append(f"symbol IN ({', '.join('?' * len(symbols))})")
+        params += list(symbols)
+    if since_ms is not None:
+        where.append("exchange_timestamp >= ?")
+        params.append(since_ms)
+    if until_ms is not None:
+        where.append("exchange_timestamp < ?")
+        params.append(until_ms)
+    return int(conn.execute(f"SELECT count(*) FROM {table} WHERE {' AND '.join(where)}", params).fetchone()[0])
 
 
 def export(db: str, table: str, out: str, fmt: str = "parquet", symbols: Sequence[str] | None = None,
@@ -76,6 +95,8 @@ def export(db: str, table: str, out: str, fmt: str = "parquet", symbols: Sequenc
     key = tuple(schema.NATURAL_KEY)
     try:
         cols = table_columns(conn, table)
+        if progress is not None:
+            done.total_rows = count_in_range(conn, table, symbols, since_ms, until_ms)
         current: tuple[str, int] | None = None
         pieces: list[list[tuple[Any, ...]]] = []
 

@@ -27,7 +27,7 @@ import os
 import re
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +52,7 @@ from l2rec.storage.schema import (
     conflict_target,
     index_ddl,
 )
-from l2rec.storage.sink import LastRow, SinkUnavailable
+from l2rec.storage.sink import CommitCounts, LastRow, SinkUnavailable
 from l2rec.storage.sqlite import SchemaError
 
 log = logging.getLogger("recorder.storage")
@@ -308,11 +308,12 @@ def _value_expr(col: str, target_type: str) -> str:
 
 def insert_sql(table: str, types: dict[str, str]) -> str:
     """Staging -> table, skipping rows whose natural key is there (in the order they were copied: see
-    ``key_order``)."""
+    ``key_order``); its result is the rows inserted per (depth, symbol), for ``l2rec_rows_total``."""
     cols = QUOTED_COLUMNS
     values = ", ".join(_value_expr(c, types[c]) for c in ROW_COLUMNS)
-    return (f"INSERT INTO {table} ({cols}) SELECT {values} FROM {STAGE_TABLE}"
-            f" ON CONFLICT ({conflict_target()}) DO NOTHING")
+    return (f"WITH ins AS (INSERT INTO {table} ({cols}) SELECT {values} FROM {STAGE_TABLE}"
+            f" ON CONFLICT ({conflict_target()}) DO NOTHING RETURNING depth, symbol)"
+            " SELECT depth, symbol, count(*) FROM ins GROUP BY depth, symbol")
 
 
 _SYMBOL, _CATEGORY, _DEPTH, _SEQUENCE = (ROW_COLUMNS.index(c) for c in ("symbol", "category", "depth", "sequence"))
@@ -344,7 +345,9 @@ GAP_CLOSED_SQL = (
     " detected_ns, recovered_at, recovered_ns) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
     " ON CONFLICT (recorder_id, category, topic, detected_ns) DO UPDATE SET"
     " recovered_at = EXCLUDED.recovered_at, recovered_ns = EXCLUDED.recovered_ns,"
-    f" got_u = COALESCE({GAPS_TABLE}.got_u, EXCLUDED.got_u)")
+    f" got_u = COALESCE({GAPS_TABLE}.got_u, EXCLUDED.got_u)"
+    # xmax is 0 in a row version this statement inserted (not in one it updated): a new gap row or not
+    " RETURNING (xmax = 0)")
 SESSION_SQL = (
     f"INSERT INTO {SESSIONS_TABLE} (recorder_id, shard, session, url, topics, connected_at, connected_ns, ended_at,"
     " ended_ns, reason, graceful) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
@@ -426,6 +429,7 @@ class PgStore:
         self.last_row_error: str | None = None
         self.batches = 0
         self.last_commit_s = 0.0
+        self.committed = CommitCounts()
         self.connects = 0
         self.connection_losses = 0
         self._iso = IsoMillis()
@@ -498,13 +502,15 @@ class PgStore:
         conn = self.connection()
         try:
             try:
-                inserted, failed = self._transaction(conn, rows, gaps, sessions, one_by_one=False)
+                inserted, failed, by_key, gap_rows = self._transaction(conn, rows, gaps, sessions, one_by_one=False)
             except ROW_REFUSALS:
                 # A row broke a constraint other than the natural key: redo the group a row at a time, so that
                 # every other row is stored and each refused one is counted.
-                inserted, failed = self._transaction(conn, rows, gaps, sessions, one_by_one=True)
+                inserted, failed, by_key, gap_rows = self._transaction(conn, rows, gaps, sessions, one_by_one=True)
         except psycopg.Error as exc:
             raise self.translate(exc) from None
+        self.committed.add_rows(by_key)
+        self.committed.add_gaps(gap_rows)
         self.rows_failed += failed
         self.rows_offered += len(rows)
         self.rows_inserted += inserted
@@ -515,16 +521,22 @@ class PgStore:
         return inserted
 
     def _transaction(self, conn: Conn, rows: Sequence[Sequence[object]], gaps: tuple[GapRecord, ...],
-                     sessions: tuple[SessionRecord, ...], *, one_by_one: bool) -> tuple[int, int]:
-        """One transaction; returns (rows inserted, rows refused by a constraint)."""
+                     sessions: tuple[SessionRecord, ...], *, one_by_one: bool,
+                     ) -> tuple[int, int, Counter[tuple[object, object]], list[tuple[str, str, int]]]:
+        """One transaction; returns (rows inserted, rows refused by a constraint, rows inserted per
+        (depth, symbol), gap rows inserted as (topic, reason, n))."""
         inserted = failed = 0
+        by_key: Counter[tuple[object, object]] = Counter()
+        gap_rows: list[tuple[str, str, int]] = []
         with conn.transaction(), conn.cursor() as cur:
             if rows and one_by_one:
                 for row in rows:
                     try:
                         with conn.transaction():  # a savepoint: a refused row undoes itself only
                             cur.execute(self._insert_one, row)
-                            inserted += max(cur.rowcount, 0)
+                            if cur.rowcount > 0:
+                                inserted += cur.rowcount
+                                by_key[(row[_DEPTH], row[_SYMBOL])] += cur.rowcount
                     except ROW_REFUSALS as exc:
                         failed += 1
                         # the first line: the DETAIL after it repeats the whole row
@@ -535,22 +547,34 @@ class PgStore:
                     for row in sorted(rows, key=key_order):
                         copy.write_row(row)
                 cur.execute(self._insert)
-                inserted = max(cur.rowcount, 0)
+                for depth, symbol, n in cur.fetchall():
+                    by_key[(depth, symbol)] += n
+                    inserted += n
             if gaps:
-                self._write_gaps(cur, gaps)
+                gap_rows = self._write_gaps(cur, gaps)
             if sessions:
                 self._write_sessions(cur, sessions)
-        return inserted, failed
+        return inserted, failed, by_key, gap_rows
 
-    def _write_gaps(self, cur: psycopg.Cursor[tuple[Any, ...]], gaps: tuple[GapRecord, ...]) -> None:
+    def _write_gaps(self, cur: psycopg.Cursor[tuple[Any, ...]],
+                    gaps: tuple[GapRecord, ...]) -> list[tuple[str, str, int]]:
+        """Write the gap records; returns the rows they inserted as (topic, reason, 1) (a closing record
+        whose gap's row is there updates it: no new row)."""
         iso, rid = self._iso, self.recorder_id
+        new: list[tuple[str, str, int]] = []
         for g in gaps:  # in the records' order: a gap opened and closed in one group is inserted, then closed
             head = (rid, g.category, g.topic, g.symbol, g.depth, g.last_u, g.got_u, g.reason,
                     iso(g.detected_ns // 1_000_000), g.detected_ns)
             if g.recovered_ns is None:
                 cur.execute(GAP_OPEN_SQL, head)
+                if cur.rowcount > 0:
+                    new.append((g.topic, g.reason, 1))
             else:
                 cur.execute(GAP_CLOSED_SQL, (*head, iso(g.recovered_ns // 1_000_000), g.recovered_ns))
+                row = cur.fetchone()
+                if row is not None and row[0]:
+                    new.append((g.topic, g.reason, 1))
+        return new
 
     def _write_sessions(self, cur: psycopg.Cursor[tuple[Any, ...]], sessions: tuple[SessionRecord, ...]) -> None:
         iso = self._iso

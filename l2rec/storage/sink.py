@@ -12,19 +12,62 @@ choose. The contract the rest of the recorder relies on:
 - ``is_transient`` says which errors go away by themselves (a lock released, disk space freed, a server
   back): the writer keeps the batch at the head of its backlog and retries it with backoff, and no later
   batch overtakes it; any other error fails the writer process (the supervisor restarts it);
-- the counters are cumulative over the sink's life, for the health dump.
+- the counters are cumulative over the sink's life, for the health dump; ``committed`` counts the rows
+  and gap rows each transaction inserted, per topic (and gap reason), for ``/metrics``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Protocol
 
 from l2rec.messages.writer import GapRecord, SessionRecord
 from l2rec.runtime.config import RecorderConfig
 from l2rec.storage.dburl import is_postgres_url
+from l2rec.storage.schema import COL
+
+_DEPTH, _SYMBOL = itemgetter(COL["depth"]), itemgetter(COL["symbol"])
+
+
+def rows_by_key(rows: Sequence[Sequence[object]]) -> Counter[tuple[object, object]]:
+    """How many of ``rows`` each (depth, symbol) has: the topic of a row. Counted in C (``Counter`` over
+    ``zip``/``map``: ~0.2 us a row), no Python loop over the rows."""
+    return Counter(zip(map(_DEPTH, rows), map(_SYMBOL, rows), strict=True))
+
+
+@dataclass(slots=True)
+class CommitCounts:
+    """Rows and gap rows inserted into the tables, per topic (gaps per topic and reason): what
+    ``l2rec_rows_total`` and ``l2rec_gaps_total`` serve. Only rows a transaction really inserted count (not
+    a row already present, not a gap record that updated its row), so that once the stream is quiet the
+    sums equal ``count(*)`` of the tables of a fresh database. Added after the commit, never before."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    gaps: dict[str, dict[str, int]] = field(default_factory=dict)
+    _names: dict[tuple[object, object], str] = field(default_factory=dict)
+
+    def add_rows(self, by_key: Mapping[tuple[object, object], int]) -> None:
+        """Add counts keyed by (depth, symbol), as ``rows_by_key`` or a GROUP BY gives them."""
+        rows, names = self.rows, self._names
+        for key, n in by_key.items():
+            topic = names.get(key)
+            if topic is None:
+                topic = names[key] = f"orderbook.{key[0]}.{key[1]}"
+            rows[topic] = rows.get(topic, 0) + n
+
+    def add_gaps(self, by_topic_reason: Iterable[tuple[str, str, int]]) -> None:
+        """Add (topic, reason, gap rows inserted) triples."""
+        for topic, reason, n in by_topic_reason:
+            per = self.gaps.setdefault(topic, {})
+            per[reason] = per.get(reason, 0) + n
+
+    def status(self) -> dict[str, object]:
+        """For the writer's status report (copies: a report is never changed after it was sent)."""
+        return {"rows_by_topic": dict(self.rows), "gaps_by_topic": {t: dict(r) for t, r in self.gaps.items()}}
 
 
 class SinkUnavailable(Exception):
@@ -48,6 +91,7 @@ class Sink(Protocol):
     last_row_error: str | None
     batches: int  # transactions committed
     last_commit_s: float
+    committed: CommitCounts  # rows and gap rows inserted, per topic
 
     def write(self, rows: Sequence[Sequence[object]], gaps: Iterable[GapRecord] = (),
               sessions: Iterable[SessionRecord] = ()) -> int:

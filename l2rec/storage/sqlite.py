@@ -14,7 +14,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from l2rec.storage.schema import (
     ADDED_COLUMNS,
     ALWAYS_SET,
     BOOK_COLUMNS,
+    COL,
     GAPS_DDL,
     GAPS_TABLE,
     ROW_COLUMNS,
@@ -41,9 +43,11 @@ from l2rec.storage.schema import (
     superseded_indexes,
     table_ddl,
 )
-from l2rec.storage.sink import LastRow
+from l2rec.storage.sink import CommitCounts, LastRow, rows_by_key
 
 log = logging.getLogger("recorder.storage")
+
+_DEPTH, _SYMBOL = COL["depth"], COL["symbol"]
 
 
 class SchemaError(RuntimeError):
@@ -432,6 +436,7 @@ class Store:
         self.last_row_error: str | None = None
         self.batches = 0
         self.last_commit_s = 0.0
+        self.committed = CommitCounts()
         from l2rec.storage.retainer import Retainer  # it builds on this module's helpers
 
         self.retention = Retainer(self, retention_hours, cleanup_interval_s, archive_dir, archive_grace_s)
@@ -443,11 +448,13 @@ class Store:
         conn = self.conn
         gaps, sessions = tuple(gaps), tuple(sessions)
         try:
-            inserted, failed = self._transaction(rows, gaps, sessions, one_by_one=False)
+            inserted, failed, by_key, gap_rows = self._transaction(rows, gaps, sessions, one_by_one=False)
         except sqlite3.IntegrityError:
             # A row broke a constraint other than the natural key: redo the group a row at a time, so that
             # every other row is stored and each refused one is counted.
-            inserted, failed = self._transaction(rows, gaps, sessions, one_by_one=True)
+            inserted, failed, by_key, gap_rows = self._transaction(rows, gaps, sessions, one_by_one=True)
+        self.committed.add_rows(by_key)
+        self.committed.add_gaps(gap_rows)
         self.rows_failed += failed
         if self.checkpointer.restart_due.is_set():
             self.checkpointer.take_turn(conn)
@@ -459,26 +466,51 @@ class Store:
         self.last_commit_s = time.perf_counter() - t0
         return inserted
 
-    def _transaction(self, rows: Sequence[Sequence[object]], gaps: Iterable[GapRecord],
-                     sessions: Iterable[SessionRecord], *, one_by_one: bool) -> tuple[int, int]:
-        """One transaction; returns (rows inserted, rows refused by a constraint)."""
+    def _transaction(self, rows: Sequence[Sequence[object]], gaps: Sequence[GapRecord],
+                     sessions: Iterable[SessionRecord], *, one_by_one: bool,
+                     ) -> tuple[int, int, Mapping[tuple[object, object], int], list[tuple[str, str, int]]]:
+        """One transaction; returns (rows inserted, rows refused by a constraint, rows inserted per
+        (depth, symbol), gap rows inserted as (topic, reason, n))."""
         conn = self.conn
         failed = 0
+        by_key: Mapping[tuple[object, object], int] = {}
+        gap_rows: list[tuple[str, str, int]] = []
         conn.execute("BEGIN")
         try:
             before = conn.total_changes
             if one_by_one:
+                counted: Counter[tuple[object, object]] = Counter()
                 for row in rows:
+                    changes = conn.total_changes
                     try:
                         conn.execute(self._insert, row)
                     except sqlite3.IntegrityError as exc:
                         failed += 1
                         self.last_row_error = str(exc)
+                        continue
+                    if conn.total_changes != changes:
+                        counted[(row[_DEPTH], row[_SYMBOL])] += 1
+                by_key = counted
             elif rows:
                 conn.executemany(self._insert, rows)
             inserted = conn.total_changes - before
-            for gap in gaps:
-                self._write_gap(gap)
+            if not one_by_one and rows and inserted == len(rows):
+                by_key = rows_by_key(rows)  # the usual case: every row was new
+            elif not one_by_one and inserted:
+                # Some were already present (a batch resent after a writer restart, a restated snapshot):
+                # the ones this transaction inserted are the table's newest rowids (AUTOINCREMENT, and this
+                # is the only connection that writes), read back from the pages just written.
+                by_key = {(d, s): n for d, s, n in conn.execute(
+                    f"SELECT depth, symbol, count(*) FROM (SELECT depth, symbol FROM {self.table}"
+                    " ORDER BY rowid DESC LIMIT ?) GROUP BY depth, symbol", (inserted,))}
+            if gaps:
+                # A closed gap's record inserts its row or updates the open one: the new rows are those
+                # above the largest rowid before (AUTOINCREMENT never reuses one).
+                (last_id,) = conn.execute(f"SELECT coalesce(max(rowid), 0) FROM {GAPS_TABLE}").fetchone()
+                for gap in gaps:
+                    self._write_gap(gap)
+                gap_rows = conn.execute(f"SELECT topic, reason, count(*) FROM {GAPS_TABLE} WHERE rowid > ?"
+                                        " GROUP BY topic, reason", (last_id,)).fetchall()
             for session in sessions:
                 self._write_session(session)
             conn.execute("COMMIT")
@@ -486,7 +518,7 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return inserted, failed
+        return inserted, failed, by_key, gap_rows
 
     def _write_gap(self, gap: GapRecord) -> None:
         detected_at = self._iso(gap.detected_ns // 1_000_000)

@@ -15,40 +15,70 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
 
-def _open_streams(path: Path) -> Iterator[Iterable[bytes]]:
+class ReadPosition:
+    """How far a reader got into its file, in bytes of the file itself (compressed bytes for ``.gz`` and
+    ``.zip``): the share of the file a replay has read. Asked for once a second, never per line."""
+
+    def __init__(self) -> None:
+        self.raw: BinaryIO | None = None  # the file as opened from disk, under any decompression
+        self.size = 0
+        self.finished = False
+
+    def bytes_read(self) -> int:
+        """Bytes of the file consumed so far (read ahead by the buffers, so slightly early)."""
+        if self.finished:
+            return self.size
+        raw = self.raw
+        if raw is None:
+            return 0
+        try:
+            return min(self.size, raw.tell())
+        except (OSError, ValueError):  # closed between the check and the call: read to its end
+            return self.size
+
+
+def _open_streams(path: Path, position: ReadPosition | None = None) -> Iterator[Iterable[bytes]]:
     with path.open("rb") as probe:
         magic = probe.read(4)
-    if magic[:2] == b"\x1f\x8b":
-        with gzip.open(path, "rb") as fh:
-            yield fh
-    elif magic == b"PK\x03\x04":
-        with zipfile.ZipFile(path) as zf:
-            for name in sorted(n for n in zf.namelist() if not n.endswith("/")):
-                with zf.open(name) as member:
-                    yield io.BufferedReader(member, buffer_size=1 << 20)  # type: ignore[type-var]  # a ZipExtFile reads like a raw stream; typeshed wants RawIOBase
-    else:
-        with path.open("rb", buffering=1 << 20) as fh:
-            yield fh
+    pos = position if position is not None else ReadPosition()
+    pos.size = path.stat().st_size
+    # The file is opened here, and decompressed from that handle, so that its position is the share read.
+    with path.open("rb", buffering=1 << 20) as raw:
+        pos.raw = raw
+        if magic[:2] == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
+                yield fh
+        elif magic == b"PK\x03\x04":
+            with zipfile.ZipFile(raw) as zf:
+                for name in sorted(n for n in zf.namelist() if not n.endswith("/")):
+                    with zf.open(name) as member:
+                        yield io.BufferedReader(member, buffer_size=1 << 20)  # type: ignore[type-var]  # a ZipExtFile reads like a raw stream; typeshed wants RawIOBase
+        else:
+            yield raw
+    pos.finished = True
 
 
-def read_lines(path: str | Path) -> Iterator[bytes]:
-    """Every non-blank line of the file (or of each archive member), without its line ending."""
-    for stream in _open_streams(Path(path)):
+def read_lines(path: str | Path, position: ReadPosition | None = None) -> Iterator[bytes]:
+    """Every non-blank line of the file (or of each archive member), without its line ending; ``position``
+    follows how far into the file the reading got."""
+    for stream in _open_streams(Path(path), position):
         for line in stream:
             line = line.strip()
             if line:
                 yield line
 
 
-def read_batches(path: str | Path, batch: int, partition: tuple[int, int] = (0, 1)) -> Iterator[list[bytes]]:
+def read_batches(path: str | Path, batch: int, partition: tuple[int, int] = (0, 1),
+                 position: ReadPosition | None = None) -> Iterator[list[bytes]]:
     """Lines in lists of ``batch``, only those of ``partition`` = (index, count)."""
     index, count = partition
     out: list[bytes] = []
-    for line in read_lines(path):
+    for line in read_lines(path, position):
         if count > 1 and not in_partition(line, index, count):
             continue
         out.append(line)
