@@ -46,8 +46,10 @@ def test_load_mode_u_steps_by_one_across_ring_wraps_and_every_book_is_valid() ->
     topics = {OB50: 50, "orderbook.200.ETHUSDT": 200, "orderbook.1.BTCUSDT": 1}  # 200 and 1: rings built lazily
     with load_server(load_ring=ring) as srv, connect(srv.url, open_timeout=TIMEOUT) as ws:
         send(ws, {"req_id": "s", "op": "subscribe", "args": list(topics)})
-        assert recv(ws) == {"success": True, "ret_msg": "", "conn_id": srv.conn_ids()[0], "req_id": "s",
-                            "op": "subscribe"}
+        ack = recv(ws)
+        # the ack's conn_id is this connection's (the server may not have sent it a data frame yet)
+        assert ack == {"success": True, "ret_msg": "", "conn_id": ack["conn_id"], "req_id": "s", "op": "subscribe"}
+        assert {c for c, _ in srv.subscriptions()} == {ack["conn_id"]}
         frames = [orjson.loads(t) for t in recv_data(ws, 3 * 5 * ring, timeout=8.0)]
     books = {t: Replay(d) for t, d in topics.items()}
     per_topic: dict[str, list[dict[str, Any]]] = {t: [] for t in topics}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -114,3 +115,37 @@ def test_rows_the_writer_never_acknowledged_make_the_stop_fail_loudly(server: Fa
     assert code == 1
     lost = rec.log_events("rows lost at stop: the writer acknowledged nothing for shutdown_deadline_s")
     assert lost and lost[0]["level"] == "CRITICAL" and int(lost[0]["rows"]) > 0
+
+
+def test_closing_the_link_waits_for_a_batch_without_rows(tmp_path: Path) -> None:
+    """The last batch of a stop often holds only a session's end (or a gap's close): the link's close waits
+    until the writer acknowledged it too, or the session would stay open in l2_sessions."""
+    from multiprocessing.connection import Listener
+
+    from l2rec.messages.writer import SessionRecord
+    from l2rec.storage.link import WriterLink, decode
+
+    address = str(tmp_path / "writer.sock")
+    received = []
+    close_returned = threading.Event()
+    with Listener(address, family="AF_UNIX") as listener:
+        def writer() -> None:
+            with listener.accept() as conn:
+                batch = decode(conn.recv_bytes())
+                received.append(batch)
+                # a slow commit: acknowledged half a second later, unless close() returned before that
+                close_returned.wait(0.5)
+                with contextlib.suppress(OSError):
+                    conn.send(batch.batch_no)
+                conn.poll(10.0)  # until the shard's side closes
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        link = WriterLink(address, capacity_rows=100)
+        ended = SessionRecord(0, 1, "ws://127.0.0.1/x", 1, 1_000, 2_000, "root gone", False)
+        link.put((), (), 0, (ended,))
+        assert link.close(progress_timeout_s=10.0) == 0
+        close_returned.set()
+        assert link.acked == 1  # close returned only once the writer had acknowledged it
+        t.join(timeout=10.0)
+    assert [b.sessions for b in received] == [(ended,)]

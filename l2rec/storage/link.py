@@ -135,7 +135,9 @@ class WriterLink:
         last_progress = time.monotonic()
         next_report = 0.0
         with self.cond:
-            while self.rows_held:
+            # Batches, not rows: the last batch of a stop often holds only the session's end (or a gap's
+            # close) and no row; waiting on rows_held alone dropped it, and the session stayed open.
+            while self.pending or self.unacked:
                 self.cond.wait(timeout=0.05)
                 now = time.monotonic()
                 if self.acked != last_acked or (patient is not None and patient()):
