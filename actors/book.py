@@ -34,6 +34,7 @@ from l2rec.runtime.publish import RowPublisher, UpdateLog
 from l2rec.storage.link import WriterLink
 from l2rec.storage.sink import LastRow
 from l2rec.supervision.states import ActorState
+from l2rec.venue.credits import ByteCredits
 
 log = logging.getLogger("actors.features")
 
@@ -54,6 +55,7 @@ class BookActor(RecorderActor):
         connection: pykka.ActorRef[Any] | None,
         credits: threading.Semaphore | None,
         end_of_stream: threading.Event,
+        byte_credits: ByteCredits | None = None,
         reporter: Reporter,
         faults: Faults,
         topics: tuple[str, ...] = (),
@@ -68,6 +70,7 @@ class BookActor(RecorderActor):
         self.link = link
         self.connection = connection
         self.credits = credits
+        self.byte_credits = byte_credits  # live: the reader's, given back per batch applied
         self.end_of_stream = end_of_stream
         self.keeper = BookKeeper(
             category=cfg.category,
@@ -108,6 +111,10 @@ class BookActor(RecorderActor):
         self._apply(batch)
         if self.credits is not None:
             self.credits.release()
+        if self.byte_credits is not None and batch.frames:
+            # Applied: the reader may read as much again. Not in a ``finally``: the frames of a batch
+            # this actor died on never became rows, and the shard counts them as lost.
+            self.byte_credits.give_back(batch.credit, batch.frames)
 
     @handles(SessionStarted)
     def _on_session_start(self, message: SessionStarted) -> None:

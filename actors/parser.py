@@ -54,6 +54,8 @@ class ParserActor(RecorderActor):
         self.coalesce = coalesce
         self.pending: list[BookUpdate | RejectedFrame] = []
         self.pending_session = 0
+        self.pending_credit = 0  # byte credits (and frames) of the frames behind ``pending``
+        self.pending_frames = 0
         self.batches_out = 0
         self.books = books
         self.connection = connection
@@ -108,24 +110,31 @@ class ParserActor(RecorderActor):
                 counts["other_topic"] += 1
         counts["frames"] += len(msg.frames)
         counts["book"] += sum(1 for i in items if i.__class__ is BookUpdate)
-        if self.credits is not None:
-            # Parsed: the reader may read as much again. Not in a ``finally``: frames of a message whose
-            # parsing failed stay in flight, and the shard counts them as lost.
-            self.credits.give_back(msg.credit, len(msg.frames))
         if not self.coalesce:
             # Always tell, even an empty batch: in replay each batch carries one flow-control credit.
             self.books.tell(ParsedBatch(msg.session_id, tuple(items)))
             self.batches_out += 1
             return
-        self.pending += items
+        # Live: the frames' byte credits go with their items to the book actor, which gives them back
+        # once it applied them (a book actor behind the parser holds the reader back, as a parser behind
+        # the reader does). Frames that made no item are done here. Not in a ``finally``: frames of a
+        # message whose parsing failed stay in flight, and the shard counts them as lost.
+        if items:
+            self.pending += items
+            self.pending_credit += msg.credit
+            self.pending_frames += len(msg.frames)
+        elif self.credits is not None:
+            self.credits.give_back(msg.credit, len(msg.frames))
         self.pending_session = msg.session_id
         if len(self.pending) >= 1000 or self.actor_inbox.empty():
             self._flush()
 
     def _flush(self) -> None:
         if self.pending:
-            self.books.tell(ParsedBatch(self.pending_session, tuple(self.pending)))
+            self.books.tell(ParsedBatch(self.pending_session, tuple(self.pending), self.pending_credit,
+                                        self.pending_frames))
             self.pending = []
+            self.pending_credit = self.pending_frames = 0
             self.batches_out += 1
 
     def _reply(self, reply: Reply, recv_ns: int | None) -> None:

@@ -40,10 +40,18 @@ class RejectedFrame:
 
 @dataclass(frozen=True, slots=True)
 class ParsedBatch:
-    """The parser's output for one ``RawFrames``: book updates and topic-bearing rejects, in order."""
+    """The parser's output for one ``RawFrames`` (live: for every ``RawFrames`` parsed while its inbox was
+    busy): book updates and topic-bearing rejects, in order.
+
+    ``credit`` / ``frames``: live, the reader's byte credits (``l2rec.venue.credits``) of the frames behind
+    these items; the book actor gives them back once it applied them, so the bound on what a shard holds
+    covers the book actor's inbox too, not only the parser's.
+    """
 
     session_id: int
     items: tuple[BookUpdate | RejectedFrame, ...]
+    credit: int = 0
+    frames: int = 0
 
 
 @dataclass(frozen=True, slots=True)

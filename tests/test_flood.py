@@ -261,6 +261,30 @@ def test_a_parser_that_stops_parsing_stops_the_reader_and_the_sender_not_the_mem
     assert_rows_right(rec.rows_by_key(), expected_rows(srv.records(), skip_fault="flood"))  # what was stored is right
 
 
+def test_a_book_actor_that_stops_applying_stops_the_reader_too(tmp_path: Path):
+    # The book actor hangs while the parser goes on: the frames it was told keep their byte credits until
+    # applied, so the reader stops once the window is full instead of the book actor's inbox growing
+    # without bound (a shard behind its stream used to grow by GBs; bench/README.md, PostgreSQL live).
+    env = {"L2REC_FAULTS": "features:hang_after=3", "L2REC_HEARTBEAT_TIMEOUT_S": "600",
+           "L2REC_SHUTDOWN_DEADLINE_S": "1", "L2REC_MAX_FRAME_BYTES": str(64 * 1024)}
+    with FakeBybit(symbols=["BTCUSDT"], interval_ms=1) as srv:
+        rec = RecorderProcess(tmp_path, srv.url, "BTCUSDT", "--depth", "200", env=env)
+        try:
+            wait_for(lambda: rec.log_events("shard started"), 60, "the shard")  # the root handles signals by now
+            dump = wait_for(lambda: (d := rec.dump()) and d["actors"].get("shard:0:connection", {}).get(
+                "credit_wait_s", 0) >= 1.0 and d, 60, "the reader waiting 1 s for the stuck book actor")
+            assert isinstance(dump, dict)
+            conn = dump["actors"]["shard:0:connection"]
+            assert conn["reader_waiting"] and conn["credit_held_bytes"] <= conn["credit_window_bytes"] == 256 * 1024
+            assert dump["actors"]["shard:0:parser"]["mailbox"] == 0  # the parser is not the one behind
+            code = rec.stop(timeout=90)
+        finally:
+            rec.kill()
+    assert code == 1  # frames were read and never made into rows: not a clean stop, and it says so
+    lost = rec.log_events("frames lost at stop: read from the socket but never parsed")
+    assert lost and int(lost[0]["frames"]) > 0
+
+
 def test_sigterm_while_the_shard_works_through_a_backlog_stores_every_frame_sent(tmp_path: Path):
     # Pings every 0.1 s put pongs all along the backlog: each is a reply the parser tells the connection,
     # which stops first. The stop must still drain everything the server sent into rows, and exit 0.

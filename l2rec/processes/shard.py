@@ -111,7 +111,7 @@ def run_shard(spec: ShardSpec, ctl: Connection, uplink_conn: Connection, retry_a
                                        byte_credits, session_base=spec.incarnation * SESSIONS_PER_INCARNATION)
     books = BookActor.start(
         cfg, shard_id, link, connection=None if replay else source, credits=credits,
-        end_of_stream=end_of_stream, reporter=reporter("features"), faults=faults,
+        end_of_stream=end_of_stream, byte_credits=byte_credits, reporter=reporter("features"), faults=faults,
         topics=() if replay else topics, restarted_topics=topics if spec.incarnation > 0 and not replay else (),
         resume=spec.resume, close_session=spec.close_session,
         publisher=None if publish is None else RowPublisher(uplink, publish, shard_id, cfg.levels_wanted))
