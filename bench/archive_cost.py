@@ -1,6 +1,7 @@
 """Archive cost per row: one symbol-hour of N rows (every feature column filled) read from SQLite and
 written to Parquet by an archive round, then written again (a round of the same rows recorded again: the
-union with the file already there, deduplicated). CPU seconds beside wall time.
+union with the file already there, deduplicated), read through the ADBC driver (the archive process) and
+through Python's sqlite3 (the writer's final round). CPU seconds beside wall time.
 
     python bench/archive_cost.py [ROWS]        # default 180,000: one busy symbol-hour (50 rows/s)
 """
@@ -61,14 +62,18 @@ def main() -> None:
         # the same rows again, as late rows (ids past the first round's): merged into the hour's file
         again = ArchiveRound(db, TABLE, str(work / "archive"), tuple(schema.NATURAL_KEY), T0 + HOUR_MS, 0,
                              T0 + HOUR_MS, n, T0 + HOUR_MS)
-        for label, job in (("first write", first), ("written again (union + dedupe)", again)):
-            t, c = time.perf_counter(), time.process_time()
-            done = run_round(job)
-            dt, dc = time.perf_counter() - t, time.process_time() - c
-            (w,) = done.written
-            print(f"{label}: {w.rows:,} rows in {dt:.2f} s = {dt / w.rows * 1e6:.1f} us/row wall, "
-                  f"{dc / w.rows * 1e6:.1f} us/row CPU; file {w.bytes / 1e6:.1f} MB "
-                  f"({w.bytes / w.rows_in_file:.0f} B/row)")
+        # Both readers: ADBC (the archive process's) and Python's sqlite3 (the writer's final round, and
+        # the fallback). The store is closed: no other connection of this process has the file open.
+        for reader, arrow in (("adbc", True), ("sqlite3", False)):
+            shutil.rmtree(work / "archive", ignore_errors=True)
+            for label, job in (("first write", first), ("written again (union + dedupe)", again)):
+                t, c = time.perf_counter(), time.process_time()
+                done = run_round(job, arrow_reader=arrow)
+                dt, dc = time.perf_counter() - t, time.process_time() - c
+                (w,) = done.written
+                print(f"{reader:>7}, {label}: {w.rows:,} rows in {dt:.2f} s = {dt / w.rows * 1e6:.1f} us/row wall, "
+                      f"{dc / w.rows * 1e6:.1f} us/row CPU; file {w.bytes / 1e6:.1f} MB "
+                      f"({w.bytes / w.rows_in_file:.0f} B/row){'' if not done.fallbacks else ' FELL BACK'}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

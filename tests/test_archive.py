@@ -455,3 +455,48 @@ def test_the_archive_process_ends_with_a_killed_writer(tmp_path: Path):
     assert len(pids) == 1, res.stderr[-2000:]
     wait_for(lambda: not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == psutil.STATUS_ZOMBIE,
              15, "the archive process to end")
+
+
+def _round_files(tmp_path: Path, name: str, arrow_reader: bool) -> tuple[int, dict[str, object]]:
+    """Every hour of the table at tmp_path/r.db archived by one round into tmp_path/name; the fallbacks and
+    each file's table."""
+    archive = tmp_path / name
+    job = ArchiveRound(str(tmp_path / "r.db"), TABLE, str(archive), tuple(schema.NATURAL_KEY), 0, 0,
+                       T0 + 3 * HOUR_MS, 10**9, T0 + 3 * HOUR_MS)
+    done = run_round(job, arrow_reader=arrow_reader)
+    files = sorted(archive.rglob("*.parquet"))
+    return done.fallbacks, {p.relative_to(archive).as_posix(): pq.read_table(p) for p in files}
+
+
+def test_the_archive_process_reader_writes_the_same_files_as_sqlite3(tmp_path: Path) -> None:
+    """The archive process reads SQLite straight into Arrow (ADBC): the same files, bit for bit in content,
+    as through Python's sqlite3, including columns NULL in an hour's first rows and filled later (the
+    driver infers types from what it sees first) and rows stored out of time order."""
+    store, db, _ = archived_store(tmp_path)
+    rows = hours_of_rows(9000, 3 * HOUR_MS)  # 3,000 rows an hour a symbol
+    late = [make_row(10**6 + i, T0 + 17 * i, "BTCUSDT") for i in range(50)]  # hour 0, recorded last
+    store.write(rows + late)
+    store.close()
+    with sqlite3.connect(db) as c:  # a feature NULL in each hour's first 2,000 rows, filled after them
+        c.execute(f"UPDATE {TABLE} SET microprice = 1.25 + sequence / 1e6 WHERE sequence % 3000 > 2000 "
+                  "AND sequence < 10000")
+    fallbacks, fast = _round_files(tmp_path, "fast", arrow_reader=True)
+    assert fallbacks == 0
+    _, plain = _round_files(tmp_path, "plain", arrow_reader=False)
+    assert list(fast) == list(plain) and len(fast) == 6
+    for path, table in plain.items():
+        assert fast[path].schema == table.schema and fast[path].equals(table), path
+    microprice = pa.concat_tables(list(fast.values())).column("microprice")
+    assert 0 < microprice.null_count < len(microprice)
+
+
+def test_without_the_adbc_driver_the_archive_process_reads_with_sqlite3(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    store, _, _ = archived_store(tmp_path)
+    store.write(hours_of_rows(200, 3 * HOUR_MS))
+    store.close()
+    monkeypatch.setitem(__import__("sys").modules, "adbc_driver_sqlite.dbapi", None)  # import fails
+    fallbacks, fast = _round_files(tmp_path, "fast", arrow_reader=True)
+    _, plain = _round_files(tmp_path, "plain", arrow_reader=False)
+    assert fallbacks == 6  # every hour, counted (the dump's archive.reader_fallbacks)
+    assert list(fast) == list(plain) and all(fast[p].equals(t) for p, t in plain.items())

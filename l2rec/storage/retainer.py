@@ -165,6 +165,7 @@ class Retainer:
         self._retry_at_ns: int | None = None
         self._final_failed = False
         self.rounds = 0
+        self.reader_fallbacks = 0  # hours the archive process read with sqlite3, not the ADBC driver
         self.files_written = 0
         self.parts_written = 0
         self.rows_archived = 0
@@ -370,7 +371,9 @@ class Retainer:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_archive_process_init, initargs=(os.getpid(),))
-        self._future = self._executor.submit(run_round, job)
+        # In its own process the round reads through the ADBC driver (the writer's final round, beside the
+        # writer's own connections, must not: archive_jobs.read_hour_adbc).
+        self._future = self._executor.submit(run_round, job, 5.0, True)
         return False
 
     def _next_round(self, now_ns: int, final: bool) -> ArchiveRound | None:
@@ -441,6 +444,7 @@ class Retainer:
         self.dirty -= merged
         self.dirty |= {(w.symbol, w.hour_ms) for w in done.written if w.part}
         self.rounds += 1
+        self.reader_fallbacks += done.fallbacks
         self.files_written += sum(1 for w in done.written if not w.part)
         self.parts_written += sum(1 for w in done.written if w.part)
         self.rows_archived += done.rows
@@ -497,7 +501,8 @@ class Retainer:
                 "hours_with_parts": len(self.dirty), "rows_written": self.rows_archived,
                 "bytes_written": self.archive_bytes, "in_flight": self._future is not None,
                 "last_round_ms": self.last_round_ms, "last_path": self.last_archive_path,
-                "failures": self.archive_failures, "last_error": self.last_archive_error}
+                "failures": self.archive_failures, "last_error": self.last_archive_error,
+                "reader_fallbacks": self.reader_fallbacks}
         return out
 
     def close(self) -> None:
