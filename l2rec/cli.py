@@ -247,7 +247,8 @@ def report_command(args: argparse.Namespace, prog: str) -> int:
     shown.clear()
     if done.missing_symbols:
         print(f"{prog}: no rows of {', '.join(done.missing_symbols)} in range", file=sys.stderr)
-    print(f"report of {done.rows} rows of {done.symbols} symbols written to {done.out / 'index.html'} "
+    print(f"report of {done.rows} rows of {done.symbols} symbol{'' if done.symbols == 1 else 's'} written to "
+          f"{done.out / 'index.html'} "
           f"({len(done.files)} files) in {done.seconds:.1f} s")
     return 0
 
