@@ -27,6 +27,8 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from l2rec.storage.sqlite import range_where
+
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 MAX_POINTS = 1_500  # buckets per chart: a chart 1,100 pixels wide shows no more
@@ -199,20 +201,6 @@ def has_time_index(conn: sqlite3.Connection, table: str) -> bool:
     return False
 
 
-def _where(symbols: Sequence[str] | None, since_ms: int | None, until_ms: int | None) -> tuple[str, list[object]]:
-    where = ["exchange_timestamp IS NOT NULL"]
-    params: list[object] = []
-    if symbols:
-        where.append(f"symbol IN ({', '.join('?' * len(symbols))})")
-        params += list(symbols)
-    if since_ms is not None:
-        where.append("exchange_timestamp >= ?")
-        params.append(since_ms)
-    if until_ms is not None:
-        where.append("exchange_timestamp < ?")
-        params.append(until_ms)
-    return " AND ".join(where), params
-
 
 @dataclass(frozen=True, slots=True)
 class Extent:
@@ -241,7 +229,7 @@ def extent(conn: sqlite3.Connection, table: str, symbols: Sequence[str] | None, 
     his: list[int] = []
     if has_time_index(conn, table):
         for sym in list(symbols) if symbols else _symbols_by_seek(conn, table):
-            w, p = _where([sym], since_ms, until_ms)
+            w, p = range_where([sym], since_ms, until_ms)
             first = conn.execute(f"SELECT min(exchange_timestamp) FROM {table} WHERE {w}", p).fetchone()[0]
             if first is None:
                 continue
@@ -257,7 +245,7 @@ def extent(conn: sqlite3.Connection, table: str, symbols: Sequence[str] | None, 
             los = [int(conn.execute(f"SELECT min(rowid) FROM {table}").fetchone()[0])]
             his = [int(conn.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0])]
     else:
-        where, params = _where(symbols, since_ms, until_ms)
+        where, params = range_where(symbols, since_ms, until_ms)
         for sym, first, last, lo, hi in conn.execute(
                 f"SELECT symbol, min(exchange_timestamp), max(exchange_timestamp), min(rowid), max(rowid) "
                 f"FROM {table} WHERE {where} GROUP BY symbol", params):
@@ -346,7 +334,7 @@ def _minutes(start_ms: int, end_ms: int) -> tuple[int, int]:
 def _scan(conn: sqlite3.Connection, table: str, cols: set[str], data: ReportData, ext: Extent,
           symbols: Sequence[str] | None, since_ms: int | None, until_ms: int | None,
           progress: Callable[[int, int, int], None] | None, block_rows: int) -> None:
-    where, params = _where(symbols, since_ms, until_ms)
+    where, params = range_where(symbols, since_ms, until_ms)
     mid, imb = _col(cols, "mid_price"), _col(cols, "order_book_imbalance")
     bid, ask = _col(cols, "bid_price_1"), _col(cols, "ask_price_1")
     sql = (f"SELECT symbol, exchange_timestamp / {MINUTE_MS} AS m, count(*), min(exchange_timestamp), "
@@ -392,7 +380,7 @@ def _scan(conn: sqlite3.Connection, table: str, cols: set[str], data: ReportData
 
 def _latency(conn: sqlite3.Connection, table: str, data: ReportData, ext: Extent, symbols: Sequence[str] | None,
              since_ms: int | None, until_ms: int | None, block_rows: int) -> None:
-    where, params = _where(symbols, since_ms, until_ms)
+    where, params = range_where(symbols, since_ms, until_ms)
     sql = (f"SELECT symbol, {LATENCY_BIN_SQL} AS b, count(*) FROM {table} WHERE rowid BETWEEN ? AND ? AND "
            f"recv_time_ns IS NOT NULL AND {where} GROUP BY symbol, b")
     blocks = range(ext.lo_rowid, ext.hi_rowid + 1, block_rows)

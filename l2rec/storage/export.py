@@ -59,17 +59,10 @@ def count_in_range(conn: sqlite3.Connection, table: str, symbols: Sequence[str] 
                    until_ms: int | None) -> int:
     """The rows an export of this range writes (the recorder's time index covers the query: no table page
     is read), for the progress' share and ETA."""
-    where, params = ["exchange_timestamp IS NOT NULL"], list[object]()
-    if symbols:
-        where.append(f"symbol IN ({', '.join('?' * len(symbols))})")
-        params += list(symbols)
-    if since_ms is not None:
-        where.append("exchange_timestamp >= ?")
-        params.append(since_ms)
-    if until_ms is not None:
-        where.append("exchange_timestamp < ?")
-        params.append(until_ms)
-    return int(conn.execute(f"SELECT count(*) FROM {table} WHERE {' AND '.join(where)}", params).fetchone()[0])
+    from l2rec.storage.sqlite import range_where
+
+    where, params = range_where(symbols, since_ms, until_ms)
+    return int(conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", params).fetchone()[0])
 
 
 def export(db: str, table: str, out: str, fmt: str = "parquet", symbols: Sequence[str] | None = None,

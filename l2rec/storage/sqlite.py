@@ -628,6 +628,24 @@ def table_columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]
     return [(str(r[1]), str(r[2])) for r in conn.execute(f"PRAGMA table_info({table})")]
 
 
+def range_where(symbols: Sequence[str] | None, since_ms: int | None,
+                until_ms: int | None) -> tuple[str, list[object]]:
+    """The WHERE clause (and its parameters) of the rows an export or a report covers: of ``symbols`` (all
+    when None), with ``since_ms <= exchange_timestamp < until_ms``; rows without an exchange time never."""
+    where = ["exchange_timestamp IS NOT NULL"]
+    params: list[object] = []
+    if symbols:
+        where.append(f"symbol IN ({', '.join('?' * len(symbols))})")
+        params += list(symbols)
+    if since_ms is not None:
+        where.append("exchange_timestamp >= ?")
+        params.append(since_ms)
+    if until_ms is not None:
+        where.append("exchange_timestamp < ?")
+        params.append(until_ms)
+    return " AND ".join(where), params
+
+
 def export_groups(conn: sqlite3.Connection, table: str, symbols: Sequence[str] | None, since_ms: int | None,
                   until_ms: int | None, batch: int = 20_000,
                   ) -> Iterator[tuple[str, int, list[tuple[Any, ...]]]]:
@@ -639,20 +657,9 @@ def export_groups(conn: sqlite3.Connection, table: str, symbols: Sequence[str] |
 
     cols = table_columns(conn, table)
     names = [n for n, _ in cols]
-    where: list[str] = ["exchange_timestamp IS NOT NULL"]
-    params: list[object] = []
-    if symbols:
-        where.append(f"symbol IN ({', '.join('?' * len(symbols))})")
-        params += list(symbols)
-    if since_ms is not None:
-        where.append("exchange_timestamp >= ?")
-        params.append(since_ms)
-    if until_ms is not None:
-        where.append("exchange_timestamp < ?")
-        params.append(until_ms)
+    where, params = range_where(symbols, since_ms, until_ms)
     order = ", ".join(c for c in ("symbol", "exchange_timestamp", "sequence") if c in names)
-    cur = conn.execute(f"SELECT {', '.join(names)} FROM {table} WHERE {' AND '.join(where)} ORDER BY {order}",
-                       params)
+    cur = conn.execute(f"SELECT {', '.join(names)} FROM {table} WHERE {where} ORDER BY {order}", params)
     i_sym, i_ts = names.index("symbol"), names.index("exchange_timestamp")
     while rows := cur.fetchmany(batch):
         start = 0
