@@ -777,6 +777,11 @@ def live_part(args: argparse.Namespace) -> None:
         extra_env["L2REC_CLEANUP_INTERVAL_S"] = "10"
     if args.live_archive:
         extra_env["L2REC_ARCHIVE_DIR"] = str(work / "archive")
+    for item in args.live_env:  # e.g. L2REC_WRITE_INTERVAL=0.1: a setting tried without editing code
+        key, _, value = item.partition("=")
+        extra_env[key] = value
+    if args.live_env:
+        print(f"  recorder environment: {' '.join(args.live_env)}")
     proc = psutil.Popen(supervisor_cmd("--ws-url", url, "--symbols", ",".join(symbols), "--db", pg_url or str(db),
                                        "--health-file", str(health), "--log-level", "INFO"),
                         cwd=ROOT, env=clean_env(**extra_env), stdout=subprocess.DEVNULL, stderr=err)
@@ -1135,6 +1140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--live-retention-hours", type=float, default=0.0,
                     help="live: data_retention_hours (e.g. 0.05 = 3 minutes; cleanup every 10 s)")
     ap.add_argument("--live-archive", action="store_true", help="live: with a Parquet archive in the work dir")
+    ap.add_argument("--live-env", action="append", default=[], metavar="L2REC_KEY=VALUE",
+                    help="live: a setting for the recorder, as its environment variable (repeatable)")
     ap.add_argument("--live-profile", type=Path, metavar="DIR",
                     help="py-spy --subprocesses --gil over the recorder for 20 s mid-way through the live run, "
                          "into DIR")
