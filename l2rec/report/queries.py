@@ -27,7 +27,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from l2rec.storage.sqlite import range_where
+from l2rec.storage.sqlite import range_where, symbols_of
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -228,7 +228,7 @@ def extent(conn: sqlite3.Connection, table: str, symbols: Sequence[str] | None, 
     los: list[int] = []
     his: list[int] = []
     if has_time_index(conn, table):
-        for sym in list(symbols) if symbols else _symbols_by_seek(conn, table):
+        for sym in list(symbols) if symbols else symbols_of(conn, table):
             w, p = range_where([sym], since_ms, until_ms)
             first = conn.execute(f"SELECT min(exchange_timestamp) FROM {table} WHERE {w}", p).fetchone()[0]
             if first is None:
@@ -255,15 +255,6 @@ def extent(conn: sqlite3.Connection, table: str, symbols: Sequence[str] | None, 
     if not times:
         raise NoRows
     return Extent(times, min(los), max(his))
-
-
-def _symbols_by_seek(conn: sqlite3.Connection, table: str) -> list[str]:
-    out: list[str] = []
-    row = conn.execute(f"SELECT min(symbol) FROM {table}").fetchone()
-    while row is not None and row[0] is not None:
-        out.append(str(row[0]))
-        row = conn.execute(f"SELECT min(symbol) FROM {table} WHERE symbol > ?", (row[0],)).fetchone()
-    return out
 
 
 def _col(cols: set[str], name: str) -> str:
