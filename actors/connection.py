@@ -6,8 +6,9 @@ and jitter, and on stop a graceful close that still reads (and forwards) every f
 before its close frame. The reader thread only splits the byte stream into websocket frames
 (recorder.ws_frames); it never parses JSON and never logs per frame.
 
-Backpressure: the reader takes byte credits (``l2rec.venue.credits``) for every message it tells the parser,
-which gives them back once parsed. A parser that falls behind makes the reader wait, not read: the backlog
+Backpressure: the reader takes byte credits (``l2rec.venue.credits``) for every message it tells the parser;
+they come back once its frames are parsed and applied to the books. A parser or book actor that falls behind
+makes the reader wait, not read: the backlog
 stays in the socket buffers and TCP slows the sender. Waiting is not a stall (the read timeout only runs
 while reading), pings go on (the actor thread sends them), and a waiting reader gives up when the parser
 dies or the connection closes the credits at a stop; the frames it held are counted as lost.

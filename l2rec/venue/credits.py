@@ -1,13 +1,16 @@
-"""Byte credits between a connection's reader thread and its parser: the bound on what a shard holds unparsed.
+"""Byte credits between a connection's reader thread and the actors after it: the bound on what a shard holds
+read and not yet applied to its books.
 
-The reader takes credit for the payload bytes of each ``RawFrames`` before it tells it to the parser, and
-the parser gives the credit back once it parsed them. When the parser falls behind, the reader waits instead
-of reading on: the backlog stays in the kernel's socket buffers and the sender's, and TCP flow control slows
-the sender down (backpressure), where it used to pile up in the parser's unbounded pykka inbox.
+The reader takes credit for the payload bytes of each ``RawFrames`` before it tells it to the parser. The
+parser gives back the credit of frames that made no book update (replies, rejects); the credit of the rest
+travels in their ``ParsedBatch`` and the book actor gives it back once it applied them. When either falls
+behind, the reader waits instead of reading on: the backlog stays in the kernel's socket buffers and the
+sender's, and TCP flow control slows the sender down (backpressure), where it used to pile up in unbounded
+pykka inboxes.
 
-The same object is the ledger of that edge: frames handed to the parser and never parsed (a parser that died
-or did not finish in time), and frames the reader read but could not hand over, are what a stop lost. A
-``threading.Condition`` and counters; no pykka, no sockets.
+The same object is the ledger of that path: frames handed on and never applied (a parser or book actor that
+died or did not finish in time), and frames the reader read but could not hand over, are what a stop lost.
+A ``threading.Condition`` and counters; no pykka, no sockets.
 """
 
 from __future__ import annotations
