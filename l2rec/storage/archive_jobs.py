@@ -138,6 +138,7 @@ def read_hour_adbc(job: ArchiveRound, columns: Sequence[tuple[str, str]], symbol
     database open (the archive process), never the writer's (sqlite.org/howtocorrupt.html 2.2.1)."""
     import adbc_driver_sqlite.dbapi as adbc  # the parquet extra; ImportError means: read with sqlite3
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from l2rec.storage.archive import arrow_type_name
 
@@ -152,7 +153,7 @@ def read_hour_adbc(job: ArchiveRound, columns: Sequence[tuple[str, str]], symbol
         cur.execute(sql, params)
         table = cur.fetch_arrow_table()
     marks = table.column(_ADBC_FIRST)
-    if table.num_rows == 0 or marks[0].as_py() != 1 or marks.null_count or sum(marks.to_pylist()) != 1:
+    if table.num_rows == 0 or marks[0].as_py() != 1 or marks.null_count or pc.sum(marks).as_py() != 1:
         raise RuntimeError("the typed first row did not come first")
     schema = pa.schema([(name, getattr(pa, arrow_type_name(decl))()) for name, decl in columns])
     rows = table.slice(1).drop_columns([_ADBC_FIRST]).cast(schema)
